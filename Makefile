@@ -1,0 +1,27 @@
+# Two commands set up a fresh machine and do the work (see README):
+#   make demo   install into .venv and run the main job on its embedded data
+#   make test   install into .venv and run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install clean
+
+# Re-install when the package's declared dependencies change.
+$(STAMP): pyproject.toml setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[all,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/toolkit run configs/fm_toy2d.yaml --backend torch
+	$(BIN)/toolkit run configs/fm_toy2d.yaml --backend jax
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

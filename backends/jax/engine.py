@@ -1,0 +1,83 @@
+"""The JAX/Equinox training engine: a jit-compiled pure step of (model, opt_state, batch, key)."""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from toolkit.backends.jax.weights import load_named_arrays, named_arrays
+from toolkit.errors import DivergenceError
+
+
+class JaxEngine:
+    def __init__(self, config, registry, spec):
+        if config.run.dtype == "float64":
+            jax.config.update("jax_enable_x64", True)
+        self.config, self.spec = config, spec
+        self.dtype = jnp.dtype(config.run.dtype)
+        model_key, self.key = jax.random.split(jax.random.PRNGKey(config.run.seed))
+        backbone = registry.load("backbone", config.model.name, "jax")
+        model = backbone(config.model.options, spec, key=model_key)
+        self.model = jax.tree_util.tree_map(
+            lambda a: a.astype(self.dtype) if eqx.is_inexact_array(a) else a, model)
+        objective = registry.load("objective", config.objective.name, "jax")
+        self.objective = objective(config.objective.options, spec)
+        o = config.optimizer
+        # torch.optim.AdamW and optax.adamw agree when every hyper-parameter is given.
+        self.tx = optax.inject_hyperparams(optax.adamw)(
+            learning_rate=o.lr, b1=o.betas[0], b2=o.betas[1], eps=o.eps, weight_decay=o.weight_decay)
+        self.opt_state = self.tx.init(eqx.filter(self.model, eqx.is_inexact_array))
+        self._step = eqx.filter_jit(self._make_step(o.grad_clip))
+        self._call = eqx.filter_jit(lambda m, z, t, r, y: jax.vmap(m)(z, t, r, y))
+
+    def _make_step(self, clip):
+        def step(model, opt_state, x, y, draws, key, lr):
+            noise = jax.random.normal(key, x.shape, x.dtype)
+            loss_fn = lambda m: self.objective.loss(m, x, y, draws, noise)  # noqa: E731
+            (loss, parts), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model)
+            grad_norm = optax.global_norm(grads)
+            if clip is not None:  # the same rule as torch.nn.utils.clip_grad_norm_
+                scale = jnp.minimum(1.0, clip / (grad_norm + 1e-6))
+                grads = jax.tree_util.tree_map(lambda g: g * scale, grads)
+            opt_state.hyperparams["learning_rate"] = lr
+            updates, opt_state = self.tx.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
+            return eqx.apply_updates(model, updates), opt_state, loss, grad_norm, parts
+
+        return step
+
+    def array(self, array):
+        if array is None:
+            return None
+        return jnp.asarray(array, dtype=self.dtype if np.issubdtype(array.dtype, np.floating) else None)
+
+    def train_step(self, batch, draws, lr):
+        self.key, key = jax.random.split(self.key)
+        model, opt_state, loss, grad_norm, parts = self._step(
+            self.model, self.opt_state, self.array(batch.x), self.array(batch.y),
+            {k: self.array(v) for k, v in draws.items()}, key, jnp.asarray(lr, self.dtype))
+        loss_value, grad_norm = float(loss), float(grad_norm)
+        if not math.isfinite(loss_value) or not math.isfinite(grad_norm):
+            # The new state is dropped: the model stays at the last finite step.
+            raise DivergenceError(f"non-finite {'loss' if not math.isfinite(loss_value) else 'gradient'} "
+                                  f"(loss {loss_value}, gradient norm {grad_norm})")
+        self.model, self.opt_state = model, opt_state
+        return {"loss": loss_value, "grad_norm": grad_norm, **{k: float(v) for k, v in parts.items()}}
+
+    def sample(self, sampler, noise, y):
+        def model_fn(z, t, r, labels):
+            batch = (z.shape[0],)
+            return self._call(self.model, z, jnp.full(batch, t, self.dtype), jnp.full(batch, r, self.dtype),
+                              labels)
+
+        return np.asarray(sampler.sample(model_fn, self.array(noise), self.array(y)))
+
+    def state_arrays(self):
+        return named_arrays(self.model)
+
+    def load_state_arrays(self, arrays):
+        self.model = load_named_arrays(self.model, arrays)

@@ -1,0 +1,38 @@
+"""Small JAX building blocks shared by the built-in components (one example at a time)."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+
+def sinusoidal_embedding(t, dim: int, max_period: float = 10000.0):
+    """() -> (dim,): ``[cos(t f), sin(t f)]`` with ``f_i = max_period^(-i / (dim/2))``."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.result_type(t)) / half)
+    angles = t * freqs
+    return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+
+
+def second_time(t, r, time_inputs: str):
+    """The second time a network sees: the gap ``t - r`` or ``r`` itself."""
+    return t - r if time_inputs == "t_and_gap" else r
+
+
+def per_example_sum(x):
+    """(B, ...) -> (B,): the sum over every non-batch dimension."""
+    return x.reshape(x.shape[0], -1).sum(1)
+
+
+def with_null_labels(y, drop, num_classes: int):
+    """Labels with the dropped ones replaced by the null class ``num_classes``."""
+    if y is None:
+        return None
+    return jnp.where(drop, num_classes, y)
+
+
+def batched(model):
+    """A one-example equinox backbone, called on a batch ``(x, t, r, y)``."""
+    return jax.vmap(model)

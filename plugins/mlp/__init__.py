@@ -1,0 +1,34 @@
+"""An MLP backbone for low-dimensional data, conditioned on two times and an optional label."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+
+from toolkit.config import positive
+from toolkit.hookspecs import hookimpl
+
+
+@attrs.frozen
+class MLPOptions:
+    """MLP u(x, t, r, y) for low-dimensional data."""
+
+    hidden: int = attrs.field(default=256, validator=positive)
+    depth: int = attrs.field(default=3, validator=positive)  # hidden layers
+    time_embed_dim: int = attrs.field(default=64, validator=positive)
+    #: sinusoidal embeddings see ``time_scale * t`` (SPEC.md section 0: 1000).
+    time_scale: float = attrs.field(default=1000.0, validator=positive)
+    #: the second time input: the gap ``t - r`` (the MeanFlow paper's choice) or ``r``.
+    time_inputs: Literal["t_and_gap", "t_and_r"] = "t_and_gap"
+
+    def __attrs_post_init__(self):
+        if self.time_embed_dim % 2:
+            raise ValueError(f"time_embed_dim must be even, got {self.time_embed_dim}")
+
+
+@hookimpl
+def register_backbones(register):
+    register("mlp",
+             {"torch": "toolkit.plugins.mlp.torch:MLP", "jax": "toolkit.plugins.mlp.jax:MLP"},
+             options=MLPOptions)

@@ -1,0 +1,40 @@
+"""The MLP backbone in JAX/Equinox (one example; batch with ``jax.vmap``)."""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from toolkit.backends.jax.ops import second_time, sinusoidal_embedding
+
+
+class MLP(eqx.Module):
+    layers: list
+    class_embedding: eqx.nn.Embedding | None
+    options: object = eqx.field(static=True)
+    spec: object = eqx.field(static=True)
+
+    def __init__(self, options, spec, *, key):
+        self.options, self.spec = options, spec
+        dim = math.prod(spec.shape)
+        width = dim + 2 * options.time_embed_dim + (options.time_embed_dim if spec.conditional else 0)
+        keys = jax.random.split(key, options.depth + 2)
+        self.class_embedding = (eqx.nn.Embedding(spec.num_classes + 1, options.time_embed_dim, key=keys[-1])
+                                if spec.conditional else None)
+        sizes = [width] + [options.hidden] * options.depth + [dim]
+        self.layers = [eqx.nn.Linear(a, b, key=k) for a, b, k in zip(sizes[:-1], sizes[1:], keys)]
+
+    def __call__(self, x, t, r, y=None, *, key=None):
+        o = self.options
+        parts = [x.reshape(-1),
+                 sinusoidal_embedding(t * o.time_scale, o.time_embed_dim),
+                 sinusoidal_embedding(second_time(t, r, o.time_inputs) * o.time_scale, o.time_embed_dim)]
+        if self.class_embedding is not None:
+            parts.append(self.class_embedding(self.spec.num_classes if y is None else y))
+        h = jnp.concatenate(parts)
+        for layer in self.layers[:-1]:
+            h = jax.nn.silu(layer(h))
+        return self.layers[-1](h).reshape(x.shape)

@@ -1,0 +1,65 @@
+"""Shared fixtures: the backend parametrisation and throw-away plugin distributions."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from toolkit.registry import Registry, reset_registry
+
+BACKENDS = ["torch", "jax"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    """Every behavioural test that takes ``backend`` runs once per backend. A backend whose
+    framework is missing fails here: this suite never skips a backend silently."""
+    importlib.import_module(request.param)
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registry(monkeypatch):
+    monkeypatch.delenv("TOOLKIT_PLUGINS", raising=False)
+    monkeypatch.delenv("TOOLKIT_DISABLE_PLUGINS", raising=False)
+    reset_registry()
+    yield
+    reset_registry()
+
+
+@pytest.fixture
+def install_plugin(tmp_path, monkeypatch):
+    """Install a plugin as a real distribution with a ``toolkit`` entry point.
+
+    ``install_plugin("dist-name", "entry_name", source)`` writes ``source`` as a module and a
+    ``.dist-info`` folder declaring the entry point, on a fresh ``sys.path`` entry; the
+    import machinery and ``importlib.metadata`` then see it exactly as after ``pip install``.
+    Returns the folder, for ``PYTHONPATH`` in subprocess tests.
+    """
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+
+    def install(distribution: str, entry_name: str, source: str, version: str = "0.1") -> Path:
+        module = f"{entry_name}_plugin_module"
+        (site / f"{module}.py").write_text(textwrap.dedent(source))
+        info = site / f"{distribution.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: {version}\n")
+        (info / "entry_points.txt").write_text(f"[toolkit]\n{entry_name} = {module}\n")
+        importlib.invalidate_caches()
+        sys.modules.pop(module, None)
+        return site
+
+    yield install
+    importlib.invalidate_caches()
+
+
+@pytest.fixture
+def registry() -> Registry:
+    return Registry.from_entry_points()

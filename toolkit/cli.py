@@ -1,0 +1,127 @@
+"""The ``toolkit`` command line.
+
+Exit codes: 0 success, 2 bad usage or bad config, 1 runtime failure. Errors are one
+line on stderr; ``--debug`` (or ``TOOLKIT_DEBUG=1``) shows the traceback instead.
+Plugins add sub-commands through the ``register_commands`` hook.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from toolkit.errors import ToolkitError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(package_name="meanflow-toolkit")
+def cli(debug):
+    """Few-step generative modelling: flow matching and the MeanFlow family, in PyTorch and JAX."""
+
+
+def _registry():
+    from toolkit.registry import get_registry
+
+    return get_registry()
+
+
+def _warn_problems(registry) -> None:
+    for problem in registry.problems + registry.clashes():
+        click.echo(f"toolkit: warning: {problem}", err=True)
+
+
+@cli.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.option("--backend", default="torch", show_default=True, help="torch, jax, or any backend plugin.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. --set optimizer.lr=1e-3 (repeatable).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Run directory [default: run.out_dir, else runs/<run.name>-<backend>].")
+@click.option("--progress/--no-progress", default=None, help="Show a progress bar [default: logging.progress].")
+def run(config_path, backend, overrides, out_dir, progress):
+    """Train the run described by CONFIG, then sample and evaluate it."""
+    from toolkit.config import load_config
+    from toolkit.train import default_out_dir, train
+
+    registry = _registry()
+    _warn_problems(registry)
+    registry.get("backend", backend)
+    config = load_config(config_path, overrides, registry, backend=backend)
+    out_dir = out_dir or default_out_dir(config, backend)
+    click.echo(f"training {config.run.name!r}: {config.objective.name} on {config.data.name} with "
+               f"{config.model.name}, {config.run.steps} steps, backend {backend} -> {out_dir}", err=True)
+    results = train(config, backend, registry, out_dir=out_dir, progress=progress)
+    click.echo(json.dumps(results))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON list of objects (kind, name, plugin, version, backends).")
+def plugins(as_json):
+    """List every registered component and the plugin that provides it."""
+    registry = _registry()
+    _warn_problems(registry)
+    rows = [{"kind": c.kind, "name": c.name, "plugin": c.plugin.distribution or c.plugin.name,
+             "version": c.plugin.version, "backends": registry.backends_of(c)}
+            for c in registry.components()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = [("KIND", "NAME", "PLUGIN", "VERSION", "BACKENDS")] + [
+        (r["kind"], r["name"], r["plugin"], r["version"], ", ".join(r["backends"])) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(5)]
+    for row in table:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+@cli.group()
+def config():
+    """Inspect run configs."""
+
+
+@config.command("show")
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value.")
+def config_show(config_path, overrides):
+    """Print CONFIG resolved: defaults filled in, overrides applied, everything validated."""
+    from toolkit.config import dump_yaml, load_config
+
+    registry = _registry()
+    _warn_problems(registry)
+    click.echo(dump_yaml(load_config(config_path, overrides, registry)), nl=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("TOOLKIT_DEBUG") == "1"
+    try:
+        _registry().add_commands(cli)
+        result = cli.main(args=argv, prog_name="toolkit", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except click.exceptions.Abort:
+        click.echo("toolkit: aborted", err=True)
+        return 1
+    except click.ClickException as error:
+        error.show()
+        return error.exit_code
+    except ToolkitError as error:
+        if debug:
+            raise
+        click.echo(f"toolkit: error: {error}", err=True)
+        return error.exit_code
+    except KeyboardInterrupt:
+        click.echo("toolkit: interrupted", err=True)
+        return 130
+    except Exception as error:
+        if debug:
+            raise
+        click.echo(f"toolkit: error: {type(error).__name__}: {error} (run with --debug for the traceback)",
+                   err=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""What each kind of component provides. Backend-agnostic: nothing here imports a framework.
+
+Time convention (``shared/SPEC.md`` section 0), one for the whole toolkit:
+
+* the linear path puts **data at t = 0 and noise at t = 1**: ``z_t = (1 - t) x + t e``,
+  ``e ~ N(0, I)``; the conditional velocity is ``v = e - x``;
+* a network is ``u(z, t, r, y)`` with ``r <= t``: the *average* velocity over ``[r, t]``;
+  ``u(z, t, t)`` is the instantaneous velocity. Arguments are passed by these names;
+* sampling runs from t = 1 to t = 0: ``z_r = z_t - (t - r) u(z_t, t, r)``.
+
+Shapes: ``B`` is the batch, ``S`` the data shape of one example (``(2,)`` for 2-D points,
+``(C, H, W)`` for images). Labels ``y`` are integers in ``[0, num_classes)``; the
+index ``num_classes`` is the *null class* used for classifier-free guidance, and
+``y=None`` means unconditional.
+
+Each component is constructed as ``Implementation(options, ...)`` where ``options`` is
+an instance of the attrs class it registered (or None). Classes here are
+``typing.Protocol`` s: an implementation needs the members, not the base class.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Mapping, Protocol
+
+import attrs
+import numpy as np
+
+
+@attrs.frozen
+class DataSpec:
+    """What a backbone needs to know about the data."""
+
+    shape: tuple[int, ...]
+    num_classes: int = 0  # 0: unconditional
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
+
+@attrs.frozen
+class Batch:
+    """NumPy arrays of one batch: ``x`` (B, *S) float, ``y`` (B,) int64 or None."""
+
+    x: np.ndarray
+    y: np.ndarray | None = None
+
+
+class Dataset(Protocol):
+    """``Dataset(options)``: yields NumPy batches; each backend engine converts them."""
+
+    spec: DataSpec
+
+    def batches(self, batch_size: int, seed: int) -> Iterator[Batch]:
+        """An endless stream of training batches, in an order fixed by ``seed``."""
+
+    def reference(self, n: int, seed: int) -> Batch:
+        """``n`` held-out examples for evaluation (never the training stream)."""
+
+
+class Backbone(Protocol):
+    """The network ``u(x, t, r, y)``.
+
+    * torch: ``Backbone(options, spec)`` is a ``torch.nn.Module`` called on a batch:
+      ``x`` (B, *S), ``t`` (B,), ``r`` (B,), ``y`` (B,) or None -> (B, *S).
+    * jax: ``Backbone(options, spec, *, key)`` is an ``equinox.Module`` called on ONE
+      example: ``x`` S, ``t`` (), ``r`` (), ``y`` () or None -> S; batch with ``jax.vmap``.
+
+    Parameter names (the torch ``state_dict`` keys and the dotted equinox pytree paths)
+    are the same in both backends, so weights move between them by name.
+    """
+
+    def __call__(self, x: Any, t: Any, r: Any, y: Any = None) -> Any: ...
+
+
+class ObjectiveOptions(Protocol):
+    """The backend-agnostic half of an objective: its options and its random draws.
+
+    Everything random that defines a training example, except the Gaussian noise, is
+    drawn here in NumPy, so both backends can be fed identical draws.
+    """
+
+    def draw(self, rng: np.random.Generator, batch_size: int, step: int,
+             spec: DataSpec) -> dict[str, np.ndarray]:
+        """Per-example draws, e.g. ``{"t": (B,), "r": (B,), "drop": (B,) bool}``."""
+
+
+class Objective(Protocol):
+    """``Objective(options, spec)`` per backend: maps a batch to a scalar loss.
+
+    ``loss(model, x, y, draws, noise)`` with ``x`` and ``noise`` (B, *S) backend arrays,
+    ``y`` (B,) or None, ``draws`` the output of ``options.draw`` as backend arrays.
+    Returns ``(loss, parts)``: a scalar and a dict of scalars to log. Pure: the same
+    inputs give the same loss, which is what the parity harness relies on.
+    """
+
+    def loss(self, model: Any, x: Any, y: Any, draws: Mapping[str, Any], noise: Any) -> tuple[Any, dict]: ...
+
+
+#: ``model_fn(z, t, r, y)``: the backbone on a batch at scalar times ``t`` >= ``r``;
+#: ``y=None`` asks for the unconditional (null-class) prediction.
+ModelFn = Callable[[Any, float, float, Any], Any]
+
+
+class Sampler(Protocol):
+    """``Sampler(options)``: noise at t=1 -> data at t=0.
+
+    Written with array arithmetic only, so one implementation serves every backend
+    (registered under ``"*"``). ``nfe`` is the number of network evaluations per
+    sample (guidance doubles the calls but not ``nfe``).
+    """
+
+    nfe: int
+
+    def sample(self, model_fn: ModelFn, noise: Any, y: Any = None) -> Any: ...
+
+
+class Metric(Protocol):
+    """``Metric(options)``: a number comparing samples with reference data (lower is better
+    unless ``higher_is_better``). NumPy in, float out."""
+
+    higher_is_better: bool
+
+    def __call__(self, samples: np.ndarray, reference: np.ndarray, seed: int = 0) -> float: ...
+
+
+class Engine(Protocol):
+    """``Engine(config, registry, spec)``: one backend's model, optimiser and step.
+
+    The training loop itself (:mod:`toolkit.train`) is backend-agnostic and drives an
+    engine through these calls, so logging, checkpoints and evaluation are written once.
+    """
+
+    def train_step(self, batch: Batch, draws: Mapping[str, np.ndarray], lr: float) -> dict[str, float]:
+        """One optimiser step at learning rate ``lr``; returns ``loss``, ``grad_norm`` and
+        the objective's parts as floats."""
+
+    def sample(self, sampler: Sampler, noise: np.ndarray, y: np.ndarray | None) -> np.ndarray:
+        """Run ``sampler`` on the current weights; NumPy in, NumPy out."""
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Named NumPy arrays of the weights, names shared across backends."""
+
+    def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Replace the weights with ``arrays`` (as produced by any backend's ``state_arrays``)."""

@@ -1,0 +1,288 @@
+"""Finds plugins, collects the components they register, and loads implementations.
+
+Plugins come from the ``toolkit`` entry-point group (built-ins included) and can be
+added as objects (tests, notebooks). A plugin that fails — raises on import, names a
+hook that does not exist, raises inside a hook, registers a malformed component — is
+recorded in :attr:`Registry.problems` with its name and left out; every other plugin
+keeps working.
+
+Environment:
+  ``TOOLKIT_PLUGINS``          comma-separated allow-list of plugin (entry-point) or
+                               distribution names; when set, nothing else loads.
+  ``TOOLKIT_DISABLE_PLUGINS``  comma-separated block-list, applied after the allow-list.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import re
+from typing import Any, Mapping
+
+import attrs
+import pluggy
+
+from toolkit import hookspecs
+from toolkit.errors import (
+    BackendUnavailableError,
+    ComponentClashError,
+    ToolkitError,
+    UnknownComponentError,
+    did_you_mean,
+)
+
+ENTRY_POINT_GROUP = hookspecs.PROJECT
+ANY_BACKEND = "*"
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
+
+
+@attrs.frozen
+class Plugin:
+    name: str
+    distribution: str = ""
+    version: str = ""
+
+
+@attrs.frozen
+class Component:
+    """One registered component: what ``register(...)`` was given, and by whom."""
+
+    kind: str
+    name: str
+    implementations: Mapping[str, Any]
+    plugin: Plugin
+    options: type | None = None
+    summary: str = ""
+
+    def supports(self, backend: str) -> bool:
+        return backend in self.implementations or ANY_BACKEND in self.implementations
+
+
+class Registry:
+    """The plugin manager plus the components of every loaded plugin."""
+
+    def __init__(self) -> None:
+        self.manager = pluggy.PluginManager(hookspecs.PROJECT)
+        self.manager.add_hookspecs(hookspecs)
+        self.plugins: dict[str, Plugin] = {}
+        self.problems: list[str] = []
+        # (kind, name) -> every component registered under it (more than one = clash).
+        self._components: dict[tuple[str, str], list[Component]] = {}
+
+    # -- loading ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_entry_points(cls, group: str = ENTRY_POINT_GROUP) -> "Registry":
+        registry = cls()
+        registry.load_entry_points(group)
+        return registry
+
+    def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> None:
+        allow = _env_list("TOOLKIT_PLUGINS")
+        block = _env_list("TOOLKIT_DISABLE_PLUGINS") or set()
+        for entry_point in sorted(importlib.metadata.entry_points(group=group), key=lambda e: e.name):
+            dist = entry_point.dist
+            plugin = Plugin(entry_point.name, dist.name if dist else "", dist.version if dist else "")
+            names = {plugin.name, plugin.distribution}
+            if (allow is not None and not names & allow) or names & block:
+                continue
+            if plugin.name in self.plugins:
+                self.problems.append(f"plugin {plugin.name!r} ({_from(plugin)}) is skipped: another "
+                                     f"plugin of that name is loaded ({_from(self.plugins[plugin.name])})")
+                continue
+            try:
+                obj = entry_point.load()
+            except Exception as error:  # a plugin's import may raise anything
+                self.problems.append(f"plugin {plugin.name!r} ({_from(plugin)}) failed to load: "
+                                     f"{type(error).__name__}: {error}")
+                continue
+            self.add_plugin(obj, plugin)
+
+    def add_plugin(self, obj: object, plugin: Plugin | str) -> bool:
+        """Register ``obj`` as a plugin and collect its components; False if it was rejected."""
+        if isinstance(plugin, str):
+            plugin = Plugin(plugin)
+        self.manager.register(obj, name=plugin.name)
+        problem = self._misspelt_hooks(obj)
+        collected: list[Component] = []
+        if problem is None:
+            try:
+                for kind, hook_name in hookspecs.KIND_HOOKS.items():
+                    for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
+                        if impl.plugin is obj:
+                            impl.function(register=_Collector(kind, plugin, collected))
+            except Exception as error:
+                problem = (f"plugin {plugin.name!r} ({_from(plugin)}) failed while registering: "
+                           f"{type(error).__name__}: {error}")
+        if problem is not None:
+            self.manager.unregister(obj)
+            self.problems.append(problem)
+            return False
+        self.plugins[plugin.name] = plugin
+        for component in collected:
+            self._components.setdefault((component.kind, component.name), []).append(component)
+        return True
+
+    def remove_plugin(self, name: str) -> None:
+        self.manager.unregister(name=name)
+        self.plugins.pop(name, None)
+        for key in list(self._components):
+            kept = [c for c in self._components[key] if c.plugin.name != name]
+            if kept:
+                self._components[key] = kept
+            else:
+                del self._components[key]
+
+    def _misspelt_hooks(self, obj: object) -> str | None:
+        """pluggy's ``check_pending``, reworded to name the plugin and the closest hook."""
+        try:
+            self.manager.check_pending()
+        except pluggy.PluginValidationError:
+            unknown = [name for name, caller in vars(self.manager.hook).items()
+                       if not caller.has_spec() and any(i.plugin is obj for i in caller.get_hookimpls())]
+            known = sorted(hookspecs.KIND_HOOKS.values()) + ["register_commands"]
+            details = "; ".join(f"{name!r}{did_you_mean(name, known)}" for name in unknown)
+            return (f"plugin {self.manager.get_name(obj)!r} implements hooks that do not exist: "
+                    f"{details}. Known hooks: {', '.join(known)}")
+        return None
+
+    # -- queries --------------------------------------------------------------------------
+
+    def components(self, kind: str | None = None) -> list[Component]:
+        found = [c for (k, _), cs in self._components.items() if kind in (None, k) for c in cs]
+        return sorted(found, key=lambda c: (hookspecs.KINDS.index(c.kind), c.name, c.plugin.name))
+
+    def names(self, kind: str) -> list[str]:
+        return sorted({name for (k, name) in self._components if k == kind})
+
+    def backend_names(self) -> list[str]:
+        return self.names("backend")
+
+    def backends_of(self, component: Component) -> list[str]:
+        """The backends a component runs on, with ``"*"`` expanded to every loaded backend."""
+        if ANY_BACKEND in component.implementations:
+            return self.backend_names()
+        return sorted(component.implementations)
+
+    def get(self, kind: str, name: str) -> Component:
+        if kind not in hookspecs.KIND_HOOKS:
+            raise ToolkitError(f"unknown component kind {kind!r}; kinds: {', '.join(hookspecs.KINDS)}")
+        found = self._components.get((kind, name))
+        if not found:
+            raise UnknownComponentError(kind, name, self.names(kind))
+        if len(found) > 1:
+            owners = " and ".join(f"{c.plugin.name!r} ({_from(c.plugin)})" for c in found)
+            raise ComponentClashError(
+                f"{kind} {name!r} is registered by more than one plugin: {owners}. Disable one of "
+                f"them with TOOLKIT_DISABLE_PLUGINS=<plugin name>")
+        return found[0]
+
+    def clashes(self) -> list[str]:
+        return [f"{kind} {name!r} is registered by " + " and ".join(repr(c.plugin.name) for c in cs)
+                for (kind, name), cs in sorted(self._components.items()) if len(cs) > 1]
+
+    def load(self, kind: str, name: str, backend: str) -> Any:
+        """Import and return the implementation of ``kind``/``name`` for ``backend``."""
+        component = self.get(kind, name)
+        if backend not in self.backend_names():
+            raise UnknownComponentError("backend", backend, self.backend_names())
+        if not component.supports(backend):
+            raise BackendUnavailableError(
+                f"{kind} {name!r} (plugin {component.plugin.name!r}) has no {backend} implementation; "
+                f"it implements: {', '.join(self.backends_of(component))}")
+        target = component.implementations.get(backend, component.implementations.get(ANY_BACKEND))
+        return _resolve(target, component, backend)
+
+    def add_commands(self, cli) -> None:
+        for impl in self.manager.hook.register_commands.get_hookimpls():
+            try:
+                impl.function(cli=cli)
+            except Exception as error:
+                self.problems.append(f"plugin {impl.plugin_name!r} failed to add commands: "
+                                     f"{type(error).__name__}: {error}")
+
+
+class _Collector:
+    """The ``register`` callback handed to one plugin's ``register_<kind>s`` hook."""
+
+    def __init__(self, kind: str, plugin: Plugin, into: list[Component]):
+        self.kind, self.plugin, self.into = kind, plugin, into
+
+    def __call__(self, name: str, implementations: Mapping[str, Any], *, options: type | None = None,
+                 summary: str = "") -> None:
+        what = f"{self.kind} {name!r}"
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ValueError(f"{self.kind} name {name!r} is not a valid name (letters, digits, _ . -)")
+        if not isinstance(implementations, Mapping) or not implementations:
+            raise ValueError(f"{what}: implementations must be a non-empty mapping backend -> object "
+                             f"or 'module:attribute', got {implementations!r}")
+        for key, target in implementations.items():
+            if isinstance(target, str) and ":" not in target:
+                raise ValueError(f"{what}: implementation {target!r} for {key!r} is not "
+                                 f"'module:attribute'")
+        if options is not None and not attrs.has(options):
+            raise ValueError(f"{what}: options must be an attrs class, got {options!r}")
+        self.into.append(Component(self.kind, name, dict(implementations), self.plugin, options,
+                                   summary or _first_line(options)))
+
+
+def _resolve(target: Any, component: Component, backend: str) -> Any:
+    if not isinstance(target, str):
+        return target
+    module_name, _, attribute = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        missing = getattr(error, "name", None) or ""
+        hint = _INSTALL_HINTS.get(missing.split(".")[0])
+        if hint:
+            raise BackendUnavailableError(
+                f"{component.kind} {component.name!r} needs {hint[0]} for the {backend} backend, and "
+                f"it is not installed: pip install 'meanflow-toolkit[{hint[1]}]'") from error
+        raise ToolkitError(f"plugin {component.plugin.name!r}: cannot import {module_name!r} for "
+                           f"{component.kind} {component.name!r}: {error}") from error
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise ToolkitError(f"plugin {component.plugin.name!r}: {module_name!r} has no attribute "
+                           f"{attribute!r} (the {backend} implementation of {component.kind} "
+                           f"{component.name!r})") from None
+
+
+_INSTALL_HINTS = {"torch": ("PyTorch", "torch"), "jax": ("JAX", "jax"), "jaxlib": ("JAX", "jax"),
+                  "equinox": ("Equinox", "jax"), "optax": ("Optax", "jax")}
+
+
+def _first_line(obj: object) -> str:
+    doc = (getattr(obj, "__doc__", None) or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+def _from(plugin: Plugin) -> str:
+    return f"{plugin.distribution} {plugin.version}".strip() or "registered directly"
+
+
+def _env_list(variable: str) -> set[str] | None:
+    value = os.environ.get(variable)
+    if value is None:
+        return None
+    return {item.strip() for item in value.split(",") if item.strip()}
+
+
+_REGISTRY: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, built from entry points on first use."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        _REGISTRY = Registry.from_entry_points()
+    return _REGISTRY
+
+
+def reset_registry() -> None:
+    """Forget the process-wide registry (after installing a plugin, or in tests)."""
+    global _REGISTRY
+    _REGISTRY = None
+
