@@ -39,8 +39,8 @@ def test_shipped_config_loads_with_component_options():
     config = load_config(CONFIGS / "fm_toy2d.yaml")
     assert config.objective == Choice("flow_matching", config.objective.options)
     assert config.objective.options.time.distribution == "uniform"
-    assert config.model.options.hidden == 256
-    assert config.optimizer.lr == 1e-3  # written `1e-3`, which YAML 1.1 reads as a string
+    assert config.model.options.hidden == 512
+    assert config.optimizer.lr == 2e-3  # written `1e-3`, which YAML 1.1 reads as a string
     assert config.optimizer.betas == (0.9, 0.999)
     assert config.eval.metric.options.projections == 256
 

@@ -101,7 +101,11 @@ def evaluate(config: Config, backend: str, registry, engine, dataset, out_dir: P
         metric = registry.load("metric", config.eval.metric.name, backend)(config.eval.metric.options)
         name = config.eval.metric.name
         results[name] = metric(samples, reference.x, seed=config.run.seed)
+        # Two anchors for reading the number: untrained (the noise itself) and perfect (a
+        # second held-out draw of the same size; finite samples put a floor under any metric).
         results[f"{name}_of_noise"] = metric(noise, reference.x, seed=config.run.seed)
+        floor = dataset.reference(config.eval.num_samples, config.run.seed + 1).x
+        results[f"{name}_floor"] = metric(floor, reference.x, seed=config.run.seed)
         log.scalars({name: results[name]}, step, prefix="eval/")
     if samples.ndim == 2 and samples.shape[1] == 2:
         from toolkit.plotting import scatter_against_data

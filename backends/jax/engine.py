@@ -40,7 +40,7 @@ class JaxEngine:
             noise = jax.random.normal(key, x.shape, x.dtype)
             loss_fn = lambda m: self.objective.loss(m, x, y, draws, noise)  # noqa: E731
             (loss, parts), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model)
-            grad_norm = optax.global_norm(grads)
+            grad_norm = optax.tree.norm(grads)
             if clip is not None:  # the same rule as torch.nn.utils.clip_grad_norm_
                 scale = jnp.minimum(1.0, clip / (grad_norm + 1e-6))
                 grads = jax.tree_util.tree_map(lambda g: g * scale, grads)

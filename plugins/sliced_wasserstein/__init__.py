@@ -33,9 +33,20 @@ class SlicedWasserstein:
         directions = np.random.default_rng(seed).standard_normal((a.shape[1], self.options.projections))
         directions /= np.linalg.norm(directions, axis=0, keepdims=True)
         levels = (np.arange(max(len(a), len(b))) + 0.5) / max(len(a), len(b))
-        qa = np.quantile(a @ directions, levels, axis=0)
-        qb = np.quantile(b @ directions, levels, axis=0)
+        qa = _quantiles(np.sort(a @ directions, axis=0), levels)
+        qb = _quantiles(np.sort(b @ directions, axis=0), levels)
         return float(np.sqrt(np.mean((qa - qb) ** 2)))
+
+
+def _quantiles(sorted_columns: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Linear interpolation of each sorted column at ``levels`` (midpoint plotting positions:
+    with as many levels as rows this returns the rows themselves)."""
+    n = len(sorted_columns)
+    position = np.clip(levels * n - 0.5, 0, n - 1)
+    low = np.floor(position).astype(int)
+    high = np.minimum(low + 1, n - 1)
+    weight = (position - low)[:, None]
+    return (1 - weight) * sorted_columns[low] + weight * sorted_columns[high]
 
 
 @hookimpl

@@ -1,0 +1,118 @@
+"""The `toolkit` command line: exit codes, one-line errors, the plugin listing, config show,
+and each backend working with the other framework absent."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests_paths import CONFIGS, REPO
+from toolkit.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_and_version(capsys):
+    code, out, _ = run_cli(capsys, "--help")
+    assert code == 0 and "run" in out and "plugins" in out and "config" in out
+    code, out, _ = run_cli(capsys, "--version")
+    assert code == 0 and "0.1.0" in out
+
+
+def test_plugins_json_shape(capsys):
+    code, out, err = run_cli(capsys, "plugins", "--json")
+    assert code == 0 and err == ""
+    rows = json.loads(out)
+    assert all(set(row) == {"kind", "name", "plugin", "version", "backends"} for row in rows)
+    assert {"kind": "objective", "name": "flow_matching", "plugin": "meanflow-toolkit", "version": "0.1.0",
+            "backends": ["jax", "torch"]} in rows
+    assert {"kind": "backend", "name": "jax", "plugin": "meanflow-toolkit", "version": "0.1.0",
+            "backends": ["jax"]} in rows
+
+
+def test_plugins_table(capsys):
+    code, out, _ = run_cli(capsys, "plugins")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split() == ["KIND", "NAME", "PLUGIN", "VERSION", "BACKENDS"]
+    assert any(line.split()[:2] == ["dataset", "checkerboard"] and line.endswith("jax, torch") for line in lines)
+
+
+def test_plugins_reports_a_broken_plugin_and_lists_the_rest(capsys, install_plugin):
+    install_plugin("toolkit-broken", "broken", "import not_a_module_anywhere\n")
+    code, out, err = run_cli(capsys, "plugins", "--json")
+    assert code == 0
+    assert err == ("toolkit: warning: plugin 'broken' (toolkit-broken 0.1) failed to load: "
+                   "ModuleNotFoundError: No module named 'not_a_module_anywhere'\n")
+    assert any(row["name"] == "flow_matching" for row in json.loads(out))
+
+
+def test_config_show_resolves_defaults_and_overrides(capsys):
+    code, out, _ = run_cli(capsys, "config", "show", str(CONFIGS / "fm_toy2d.yaml"), "--set", "run.steps=7")
+    assert code == 0
+    assert "  steps: 7\n" in out and "  time_inputs: t_and_gap\n" in out and "schedule: null\n" in out
+
+
+def test_bad_config_exits_2_with_one_line(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "run", str(CONFIGS / "fm_toy2d.yaml"), "--set", "optimizer.lr=0")
+    assert code == 2 and out == ""
+    assert err == "toolkit: error: --set optimizer.lr=0: optimizer.lr: got 0.0, expected a value > 0\n"
+
+
+def test_unknown_backend_exits_2(capsys):
+    code, _, err = run_cli(capsys, "run", str(CONFIGS / "fm_toy2d.yaml"), "--backend", "jaxx")
+    assert code == 2
+    assert err == "toolkit: error: unknown backend 'jaxx' (did you mean 'jax'?); available: jax, torch\n"
+
+
+def test_bad_usage_exits_2(capsys):
+    code, _, err = run_cli(capsys, "run")
+    assert code == 2 and "Missing argument 'CONFIG'" in err
+
+
+def test_runtime_failure_exits_1_without_traceback_unless_debug(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    argv = ["run", str(CONFIGS / "fm_toy2d.yaml"), "--set", "run.steps=1", "--out", str(blocker / "run")]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 1
+    assert err.splitlines()[-1].startswith("toolkit: error: NotADirectoryError:")
+    assert "Traceback" not in err and err.splitlines()[-1].endswith("(run with --debug for the traceback)")
+    with pytest.raises(NotADirectoryError):
+        main(["--debug", *argv])
+
+
+def _without(framework: str, *argv: str, cwd) -> subprocess.CompletedProcess:
+    """Run the CLI in a fresh interpreter where importing ``framework`` fails, as if absent."""
+    code = (f"import sys; sys.modules[{framework!r}] = None\n"
+            "from toolkit.cli import main\n"
+            f"sys.exit(main({list(argv)!r}))")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=600)
+
+
+@pytest.mark.parametrize("absent, present", [("torch", "jax"), ("jax", "torch")])
+def test_each_backend_runs_with_the_other_framework_absent(tmp_path, absent, present):
+    listing = _without(absent, "plugins", "--json", cwd=tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    assert {"torch", "jax"} <= {row["name"] for row in json.loads(listing.stdout) if row["kind"] == "backend"}
+    assert _without(absent, "--help", cwd=tmp_path).returncode == 0
+    run = _without(absent, "run", str(CONFIGS / "fm_toy2d.yaml"), "--backend", present, "--set", "run.steps=20",
+                   "--set", "eval.num_samples=100", "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["step"] == 20
+    missing = _without(absent, "run", str(CONFIGS / "fm_toy2d.yaml"), "--backend", absent,
+                       "--set", "run.steps=1", "--out", str(tmp_path / "run2"), cwd=tmp_path)
+    assert missing.returncode == 2
+    hint = {"torch": "PyTorch", "jax": "JAX"}[absent]
+    assert missing.stderr.splitlines()[-1] == (
+        f"toolkit: error: backend {absent!r} needs {hint} for the {absent} backend, and it is not installed: "
+        f"pip install 'meanflow-toolkit[{absent}]'")

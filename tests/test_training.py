@@ -1,0 +1,131 @@
+"""The toy vertical slice, end to end, in each backend: what a run writes, that it is
+reproducible, that it learns, and that divergence stops it cleanly."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests_paths import CONFIGS
+from toolkit.checkpoint import load_checkpoint
+from toolkit.config import load_config
+from toolkit.errors import DivergenceError
+from toolkit.hookspecs import hookimpl
+from toolkit.registry import get_registry
+from toolkit.train import learning_rate, train
+
+
+def toy_run(backend, out_dir, *overrides, config=CONFIGS / "fm_toy2d.yaml"):
+    registry = get_registry()
+    cfg = load_config(config, ["logging.progress=false", *overrides], registry, backend=backend)
+    return train(cfg, backend, registry, out_dir=out_dir)
+
+
+def read_events(out_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out_dir), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    return events
+
+
+def test_a_run_writes_events_checkpoints_plot_and_run_info(backend, tmp_path):
+    results = toy_run(backend, tmp_path, "run.steps=120", "logging.every=20", "checkpoint.every=50",
+                      "checkpoint.keep=2", "eval.num_samples=300")
+    events = read_events(tmp_path)
+    tags = events.Tags()
+    for tag in ["train/loss", "train/lr", "train/steps_per_second", "train/samples_per_second",
+                "train/grad_norm", "train/mse", "eval/sliced_wasserstein"]:
+        assert tag in tags["scalars"], tag
+    assert [e.step for e in events.Scalars("train/loss")] == [20, 40, 60, 80, 100, 120]
+    assert all(np.isfinite(e.value) and e.value > 0 for e in events.Scalars("train/loss"))
+    # warm-up 200 steps of a cosine schedule: the logged rate is the schedule's
+    assert events.Scalars("train/lr")[0].value == pytest.approx(2e-3 * 20 / 200, rel=1e-6)
+    assert tags["images"] == ["eval/samples"]
+
+    saved = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert saved == ["step_00000100.safetensors", "step_00000120.safetensors"]  # keep: 2
+    arrays, meta = load_checkpoint(tmp_path / "checkpoints" / "step_00000120.safetensors")
+    assert meta["step"] == 120 and meta["backend"] == backend and meta["config"]["model"]["name"] == "mlp"
+    assert {"model.layers.0.weight", "model.layers.3.bias"} <= set(arrays)
+
+    assert (tmp_path / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert info["backend"] == backend and info["config"]["run"]["steps"] == 120
+    assert {"meanflow-toolkit", "numpy", backend} <= set(info["versions"])
+    assert json.loads((tmp_path / "metrics.json").read_text()) == results
+    assert results["nfe"] == 32 and results["step"] == 120
+
+
+def test_same_seed_gives_the_same_loss_curve(backend, tmp_path):
+    curves = []
+    for name in ["a", "b"]:
+        toy_run(backend, tmp_path / name, "run.steps=40", "logging.every=5", "eval.num_samples=50")
+        curves.append([e.value for e in read_events(tmp_path / name).Scalars("train/loss")])
+    assert curves[0] == curves[1]
+    toy_run(backend, tmp_path / "c", "run.steps=40", "logging.every=5", "eval.num_samples=50", "run.seed=1")
+    assert [e.value for e in read_events(tmp_path / "c").Scalars("train/loss")] != curves[0]
+
+
+def test_learns_the_toy_distribution(backend, tmp_path):
+    results = toy_run(backend, tmp_path, "data.name=eight_gaussians", "run.steps=1500", "model.hidden=256",
+                      "optimizer.warmup_steps=100", "eval.num_samples=8000")
+    assert results["sliced_wasserstein"] < 0.25 * results["sliced_wasserstein_of_noise"], results
+    assert results["sliced_wasserstein"] < 2.0 * results["sliced_wasserstein_floor"], results
+
+
+@pytest.mark.slow
+def test_shipped_config_learns_the_checkerboard(backend, tmp_path):
+    results = toy_run(backend, tmp_path)
+    assert results["sliced_wasserstein"] < 0.3 * results["sliced_wasserstein_of_noise"], results
+
+
+class _PoisonedData:
+    """A dataset plugin whose 5th batch holds a NaN."""
+
+    @hookimpl
+    def register_datasets(self, register):
+        register("poisoned", {"*": PoisonedDataset})
+
+
+class PoisonedDataset:
+    def __init__(self, options):
+        from toolkit.interfaces import DataSpec
+
+        self.spec = DataSpec((2,))
+
+    def batches(self, batch_size, seed):
+        from toolkit.interfaces import Batch
+
+        rng = np.random.default_rng(seed)
+        for index in range(1, 10**9):
+            x = rng.standard_normal((batch_size, 2))
+            if index == 5:
+                x[0, 0] = np.nan
+            yield Batch(x)
+
+    def reference(self, n, seed):
+        raise AssertionError("a diverged run is not evaluated")
+
+
+def test_divergence_names_the_step_and_keeps_the_last_checkpoint(backend, tmp_path):
+    get_registry().add_plugin(_PoisonedData(), "poisoned_data")
+    with pytest.raises(DivergenceError) as error:
+        toy_run(backend, tmp_path, "data.name=poisoned", "run.steps=10", "checkpoint.every=2")
+    last = tmp_path / "checkpoints" / "step_00000004.safetensors"
+    assert str(error.value) == (f"training diverged at step 5: non-finite loss (loss nan, gradient norm nan); "
+                                f"the last good checkpoint is {last}")
+    arrays, meta = load_checkpoint(last)
+    assert meta["step"] == 4 and all(np.isfinite(a).all() for a in arrays.values())
+
+
+def test_learning_rate_schedule():
+    from toolkit.config import OptimizerSection
+
+    warm = OptimizerSection(lr=1.0, warmup_steps=4, decay="cosine")
+    assert [learning_rate(warm, s, 104) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert learning_rate(warm, 54, 104) == pytest.approx(0.5)
+    assert learning_rate(warm, 104, 104) == pytest.approx(0.0)
+    assert learning_rate(OptimizerSection(lr=0.1), 10**6, 10) == 0.1
