@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml setup.py
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/toolkit run configs/fm_toy2d.yaml --backend torch
-	$(BIN)/toolkit run configs/fm_toy2d.yaml --backend jax
+	$(BIN)/toolkit run configs/fm_toy2d.yaml --backend torch --overwrite
+	$(BIN)/toolkit run configs/fm_toy2d.yaml --backend jax --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -116,3 +116,17 @@ def test_each_backend_runs_with_the_other_framework_absent(tmp_path, absent, pre
     assert missing.stderr.splitlines()[-1] == (
         f"toolkit: error: backend {absent!r} needs {hint} for the {absent} backend, and it is not installed: "
         f"pip install 'meanflow-toolkit[{absent}]'")
+
+
+def test_a_previous_run_is_kept_unless_overwrite(capsys, tmp_path):
+    argv = ["run", str(CONFIGS / "fm_toy2d.yaml"), "--set", "run.steps=2", "--set", "eval.num_samples=10",
+            "--out", str(tmp_path), "--no-progress"]
+    assert run_cli(capsys, *argv)[0] == 0
+    (tmp_path / "notes.txt").write_text("mine")
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert err.startswith(f"toolkit: error: {tmp_path} already holds a run (checkpoints, events.out.tfevents.")
+    assert err.endswith("metrics.json, run.json, samples.png); choose another --out, or pass --overwrite to replace it\n")
+    assert run_cli(capsys, *argv, "--overwrite")[0] == 0
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 1
+    assert (tmp_path / "notes.txt").read_text() == "mine"  # only the run's own files are replaced

@@ -41,8 +41,9 @@ def _warn_problems(registry) -> None:
               help="Override a config value, e.g. --set optimizer.lr=1e-3 (repeatable).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Run directory [default: run.out_dir, else runs/<run.name>-<backend>].")
+@click.option("--overwrite", is_flag=True, help="Replace a previous run in the run directory.")
 @click.option("--progress/--no-progress", default=None, help="Show a progress bar [default: logging.progress].")
-def run(config_path, backend, overrides, out_dir, progress):
+def run(config_path, backend, overrides, out_dir, overwrite, progress):
     """Train the run described by CONFIG, then sample and evaluate it."""
     from toolkit.config import load_config
     from toolkit.train import default_out_dir, train
@@ -54,7 +55,7 @@ def run(config_path, backend, overrides, out_dir, progress):
     out_dir = out_dir or default_out_dir(config, backend)
     click.echo(f"training {config.run.name!r}: {config.objective.name} on {config.data.name} with "
                f"{config.model.name}, {config.run.steps} steps, backend {backend} -> {out_dir}", err=True)
-    results = train(config, backend, registry, out_dir=out_dir, progress=progress)
+    results = train(config, backend, registry, out_dir=out_dir, progress=progress, overwrite=overwrite)
     click.echo(json.dumps(results))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ import numpy as np
 
 from toolkit.checkpoint import checkpoint_path, prune_checkpoints, save_checkpoint
 from toolkit.config import Config, OptimizerSection, to_dict
-from toolkit.errors import DivergenceError
+from toolkit.errors import DivergenceError, UsageError
 from toolkit.events import EventLog
 
 
@@ -41,11 +42,25 @@ def default_out_dir(config: Config, backend: str) -> Path:
     return Path(config.run.out_dir or Path("runs") / f"{config.run.name}-{backend}")
 
 
+RUN_FILES = ("run.json", "metrics.json", "samples.png", "checkpoints", "events.out.tfevents.*")
+
+
+def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Create ``out_dir``; a previous run there is an error unless ``overwrite`` removes it."""
+    previous = [p for pattern in RUN_FILES for p in out_dir.glob(pattern)] if out_dir.is_dir() else []
+    if previous and not overwrite:
+        raise UsageError(f"{out_dir} already holds a run ({', '.join(sorted(p.name for p in previous))}); "
+                         f"choose another --out, or pass --overwrite to replace it")
+    for path in previous:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
 def train(config: Config, backend: str, registry, out_dir: Path | None = None,
-          progress: bool | None = None) -> dict:
+          progress: bool | None = None, overwrite: bool = False) -> dict:
     """Train, checkpoint, evaluate. Returns the final metrics (also in ``metrics.json``)."""
     out_dir = Path(out_dir or default_out_dir(config, backend))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_out_dir(out_dir, overwrite)
     dataset = registry.load("dataset", config.data.name, backend)(config.data.options)
     spec = dataset.spec
     engine = registry.load("backend", backend, backend)(config, registry, spec)
