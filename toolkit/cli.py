@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -46,16 +47,17 @@ def _warn_problems(registry) -> None:
 def run(config_path, backend, overrides, out_dir, overwrite, progress):
     """Train the run described by CONFIG, then sample and evaluate it."""
     from toolkit.config import load_config
-    from toolkit.train import default_out_dir, train
+    from toolkit.train import default_out_dir, prepare_out_dir, train
 
     registry = _registry()
     _warn_problems(registry)
     registry.get("backend", backend)
     config = load_config(config_path, overrides, registry, backend=backend)
-    out_dir = out_dir or default_out_dir(config, backend)
+    out_dir = Path(out_dir) if out_dir else default_out_dir(config, backend)
+    prepare_out_dir(out_dir, overwrite)
     click.echo(f"training {config.run.name!r}: {config.objective.name} on {config.data.name} with "
                f"{config.model.name}, {config.run.steps} steps, backend {backend} -> {out_dir}", err=True)
-    results = train(config, backend, registry, out_dir=out_dir, progress=progress, overwrite=overwrite)
+    results = train(config, backend, registry, out_dir=out_dir, progress=progress)
     click.echo(json.dumps(results))
 
 
