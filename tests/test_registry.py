@@ -157,3 +157,35 @@ def test_listing_plugins_imports_no_framework():
             "print(json.dumps(sorted(m for m in ('torch', 'jax', 'equinox', 'optax') if m in sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_a_plugin_adds_a_command(install_plugin, capsys):
+    from toolkit.cli import main
+
+    install_plugin("toolkit-hello", "hello", """
+        import click
+        from toolkit.hookspecs import hookimpl
+
+        @hookimpl
+        def register_commands(cli):
+            @cli.command()
+            @click.argument("name")
+            def hello(name):
+                '''Say hello.'''
+                click.echo(f"hello {name}")
+    """)
+    assert main(["hello", "world"]) == 0
+    assert capsys.readouterr().out == "hello world\n"
+
+
+def test_a_second_plugin_of_the_same_name_is_skipped():
+    class One:
+        @hookimpl
+        def register_metrics(self, register):
+            register("one", {"*": "math:sqrt"})
+
+    registry = Registry()
+    assert registry.add_plugin(One(), "same")
+    assert not registry.add_plugin(One(), "same")
+    assert registry.problems == ["plugin 'same' (registered directly) is skipped: another plugin of that name "
+                                 "is loaded (registered directly)"]

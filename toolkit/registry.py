@@ -87,10 +87,6 @@ class Registry:
             names = {plugin.name, plugin.distribution}
             if (allow is not None and not names & allow) or names & block:
                 continue
-            if plugin.name in self.plugins:
-                self.problems.append(f"plugin {plugin.name!r} ({_from(plugin)}) is skipped: another "
-                                     f"plugin of that name is loaded ({_from(self.plugins[plugin.name])})")
-                continue
             try:
                 obj = entry_point.load()
             except Exception as error:  # a plugin's import may raise anything
@@ -103,6 +99,10 @@ class Registry:
         """Register ``obj`` as a plugin and collect its components; False if it was rejected."""
         if isinstance(plugin, str):
             plugin = Plugin(plugin)
+        if plugin.name in self.plugins:
+            self.problems.append(f"plugin {plugin.name!r} ({_from(plugin)}) is skipped: another plugin of "
+                                 f"that name is loaded ({_from(self.plugins[plugin.name])})")
+            return False
         self.manager.register(obj, name=plugin.name)
         problem = self._misspelt_hooks(obj)
         collected: list[Component] = []

@@ -9,6 +9,7 @@ logging, checkpoints and evaluation.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import platform
@@ -66,6 +67,15 @@ def train(config: Config, backend: str, registry, out_dir: Path | None = None,
     engine = registry.load("backend", backend, backend)(config, registry, spec)
     _write_run_info(out_dir / "run.json", config, backend)
 
+    draw = config.objective.options.draw
+    draw_options = {}
+    if config.schedule is not None:
+        if "schedule" not in inspect.signature(draw).parameters:
+            raise UsageError(f"schedule.name: objective {config.objective.name!r} takes no schedule; remove "
+                             f"the schedule section or choose an objective that uses one")
+        draw_options["schedule"] = registry.load("schedule", config.schedule.name, backend)(
+            config.schedule.options)
+
     run, steps = config.run, config.run.steps
     draw_rng = np.random.default_rng([run.seed, 0])
     batches = dataset.batches(run.batch_size, run.seed)
@@ -77,7 +87,7 @@ def train(config: Config, backend: str, registry, out_dir: Path | None = None,
         for step in range(1, steps + 1):
             lr = learning_rate(config.optimizer, step - 1, steps)
             batch = next(batches)
-            draws = config.objective.options.draw(draw_rng, run.batch_size, step - 1, spec)
+            draws = draw(draw_rng, run.batch_size, step - 1, spec, **draw_options)
             try:
                 values = engine.train_step(batch, draws, lr)
             except DivergenceError as error:
