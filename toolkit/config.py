@@ -16,6 +16,7 @@ Every value is checked before any work starts; an error names the file (or the
 from __future__ import annotations
 
 import math
+import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
@@ -274,7 +275,7 @@ def _convert(tp: Any, value: Any, ctx: _Context, key: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
         return value
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", typing.Union)):
+    if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
@@ -296,8 +297,8 @@ def _convert(tp: Any, value: Any, ctx: _Context, key: str) -> Any:
             raise ctx.error(key, f"got {value!r}, expected a list of {_name(args[0]) if args else 'values'}")
         if origin is tuple and args and args[-1] is not Ellipsis and len(args) != len(value):
             raise ctx.error(key, f"got {len(value)} values {value!r}, expected exactly {len(args)}")
-        types = args[:1] * len(value) if (origin is list or args[-1:] == (Ellipsis,)) else args
-        items = [_convert(t, v, ctx, f"{key}[{i}]") for i, (t, v) in enumerate(zip(types, value))]
+        element_types = args[:1] * len(value) if (origin is list or args[-1:] == (Ellipsis,)) else args
+        items = [_convert(t, v, ctx, f"{key}[{i}]") for i, (t, v) in enumerate(zip(element_types, value))]
         return tuple(items) if origin is tuple else items
     if attrs.has(tp):
         return _structure(tp, {} if value is None else value, ctx, key)
