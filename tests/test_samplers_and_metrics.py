@@ -8,7 +8,7 @@ import pytest
 
 from toolkit.config import config_from_dict
 from toolkit.errors import ConfigError
-from toolkit.plugins.ode_samplers import Euler, EulerOptions, Heun, HeunOptions
+from toolkit.plugins.samplers import Euler, EulerOptions, Heun, HeunOptions
 from toolkit.plugins.sliced_wasserstein import SlicedWasserstein, SlicedWassersteinOptions
 from toolkit.registry import get_registry
 

@@ -36,3 +36,25 @@ def with_null_labels(y, drop, num_classes: int):
 def batched(model):
     """A one-example equinox backbone, called on a batch ``(x, t, r, y)``."""
     return jax.vmap(model)
+
+
+def expand(t, like):
+    """(B,) -> (B, 1, ..., 1), broadcastable against ``like``."""
+    return t.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def interpolate(x, noise, t):
+    """The linear path: ``z_t = (1 - t) x + t e`` and its conditional velocity ``v = e - x``."""
+    t_ = expand(t, x)
+    return (1 - t_) * x + t_ * noise, noise - x
+
+
+def adaptive_weight(error, power: float, eps: float):
+    """MeanFlow's adaptive weight ``sg(1 / (error + eps)^power)``; power 0 gives plain MSE."""
+    return 1.0 / (jax.lax.stop_gradient(error) + eps) ** power
+
+
+def masked_mean(values, mask):
+    """Mean of ``values`` where ``mask``; 0 where the mask is empty."""
+    mask = mask.astype(values.dtype)
+    return (values * mask).sum() / jnp.maximum(mask.sum(), 1)

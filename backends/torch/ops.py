@@ -30,3 +30,25 @@ def with_null_labels(y, drop, num_classes: int):
     if y is None:
         return None
     return torch.where(drop, torch.full_like(y, num_classes), y)
+
+
+def expand(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, 1, ..., 1), broadcastable against ``like``."""
+    return t.view(-1, *([1] * (like.ndim - 1)))
+
+
+def interpolate(x: torch.Tensor, noise: torch.Tensor, t: torch.Tensor):
+    """The linear path: ``z_t = (1 - t) x + t e`` and its conditional velocity ``v = e - x``."""
+    t_ = expand(t, x)
+    return (1 - t_) * x + t_ * noise, noise - x
+
+
+def adaptive_weight(error: torch.Tensor, power: float, eps: float) -> torch.Tensor:
+    """MeanFlow's adaptive weight ``sg(1 / (error + eps)^power)``; power 0 gives plain MSE."""
+    return 1.0 / (error.detach() + eps) ** power
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` where ``mask``; 0 where the mask is empty."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax
 
-from toolkit.backends.jax.ops import batched, per_example_sum, with_null_labels
+from toolkit.backends.jax.ops import batched, interpolate, per_example_sum, with_null_labels
 
 
 class FlowMatching:
@@ -13,9 +13,8 @@ class FlowMatching:
 
     def loss(self, model, x, y, draws, noise):
         t = draws["t"]
-        t_ = t.reshape(-1, *([1] * (x.ndim - 1)))
-        z = (1 - t_) * x + t_ * noise
-        v = noise - x
+        z, v = interpolate(x, noise, t)
         u = batched(model)(z, t, t, with_null_labels(y, draws["drop"], self.spec.num_classes))
-        loss = per_example_sum((u - v) ** 2).mean()
-        return loss, {"mse": jax.lax.stop_gradient(loss)}
+        error = per_example_sum((u - v) ** 2)
+        weighted = error * draws["weight"] if "weight" in draws else error
+        return weighted.mean(), {"mse": jax.lax.stop_gradient(error).mean()}

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from toolkit.backends.torch.ops import per_example_sum, with_null_labels
+from toolkit.backends.torch.ops import interpolate, per_example_sum, with_null_labels
+
 
 class FlowMatching:
     def __init__(self, options, spec):
@@ -10,9 +11,8 @@ class FlowMatching:
 
     def loss(self, model, x, y, draws, noise):
         t = draws["t"]
-        t_ = t.view(-1, *([1] * (x.ndim - 1)))
-        z = (1 - t_) * x + t_ * noise
-        v = noise - x
+        z, v = interpolate(x, noise, t)
         u = model(z, t, t, with_null_labels(y, draws["drop"], self.spec.num_classes))
-        loss = per_example_sum((u - v) ** 2).mean()
-        return loss, {"mse": loss.detach()}
+        error = per_example_sum((u - v) ** 2)
+        weighted = error * draws["weight"] if "weight" in draws else error
+        return weighted.mean(), {"mse": error.detach().mean()}

@@ -11,6 +11,7 @@ from typing import Iterator
 import attrs
 import numpy as np
 
+from toolkit.config import non_negative
 from toolkit.hookspecs import hookimpl
 from toolkit.interfaces import Batch, DataSpec
 
@@ -86,8 +87,49 @@ class EightGaussians(Toy2D):
         return x, mode
 
 
+@attrs.frozen
+class GaussianOptions:
+    """An isotropic 2-D Gaussian N(mean, std^2 I): its velocity fields are known in closed form."""
+
+    mean: float = 1.5
+    std: float = attrs.field(default=0.5, validator=non_negative)
+
+
+class Gaussian(Toy2D):
+    """An isotropic 2-D Gaussian N(mean, std^2 I), whose flows are analytic (see ``exact_average_velocity``)."""
+
+    num_modes = 1
+
+    def __init__(self, options: GaussianOptions):
+        self.options = options
+        self.spec = DataSpec((2,), 0)
+
+    def _batch(self, rng, n) -> Batch:
+        return Batch(self.options.mean + self.options.std * rng.standard_normal((n, 2)))
+
+
+def exact_average_velocity(z, t, r, mean: float, std: float, xp):
+    """The average velocity u(z, r, t) of the linear-path flow for data N(mean, std^2 I).
+
+    The flow is affine: ``z_t = mu_t + sigma_t e`` with ``mu_t = (1 - t) mean`` and
+    ``sigma_t^2 = (1 - t)^2 std^2 + t^2``, so ``z_r = mu_r + sigma_r / sigma_t (z - mu_t)`` and
+    ``u = (z_t - z_r) / (t - r)``; at r = t it is the instantaneous velocity
+    ``-mean + sigma_t' (z - mu_t) / sigma_t``. ``t`` and ``r`` broadcast against ``z``; ``xp`` is
+    the array namespace (numpy, torch or jax.numpy).
+    """
+    sigma_t = xp.sqrt((1 - t) ** 2 * std**2 + t**2)
+    sigma_r = xp.sqrt((1 - r) ** 2 * std**2 + r**2)
+    centred = z - (1 - t) * mean
+    gap = t - r
+    safe_gap = xp.where(gap > 0, gap, xp.ones_like(gap))
+    average = (centred + (r - t) * mean - sigma_r / sigma_t * centred) / safe_gap
+    instantaneous = -mean + (t - (1 - t) * std**2) / sigma_t**2 * centred
+    return xp.where(gap > 0, average, instantaneous)
+
+
 @hookimpl
 def register_datasets(register):
+    register("gaussian", {"*": Gaussian}, options=GaussianOptions)
     for name, cls in [("checkerboard", Checkerboard), ("moons", TwoMoons),
                       ("eight_gaussians", EightGaussians)]:
         register(name, {"*": cls}, options=Toy2DOptions, summary=cls.__doc__.splitlines()[0])

@@ -1,15 +1,19 @@
-"""Euler and Heun ODE samplers for instantaneous-velocity models, with classifier-free guidance.
+"""Samplers, from t = 1 (noise) to t = 0 (data).
 
-Written with array arithmetic only (``z - h * u``), so one implementation serves every
-backend. They integrate dz/dt = u(z, t, t) from t = 1 (noise) to t = 0 (data) on a
-uniform grid.
+* ``meanflow``: few-step sampling with an average-velocity model, ``z_r = z_t - (t - r) u(z_t, t, r)``
+  on a time grid (1 NFE by default: ``x = e - u(e, 1, 0)``). Guidance is whatever the model
+  was trained with (MeanFlow folds it into training).
+* ``euler``, ``heun``: ODE solvers of dz/dt = u(z, t, t) for instantaneous-velocity models on
+  a uniform grid, with classifier-free guidance.
+
+Written with array arithmetic only (``z - h * u``), so one implementation serves every backend.
 """
 
 from __future__ import annotations
 
 import attrs
 
-from toolkit.config import check, non_negative, positive
+from toolkit.config import InvalidValue, check, non_negative, positive
 from toolkit.hookspecs import hookimpl
 from toolkit.timesteps import time_grid
 
@@ -40,6 +44,36 @@ class HeunOptions:
     guidance: float = attrs.field(default=1.0, validator=non_negative)
 
 
+@attrs.frozen
+class MeanFlowSamplerOptions:
+    """MeanFlow few-step sampler: one network evaluation per step of the time grid."""
+
+    nfe: int = attrs.field(default=1, validator=positive)
+    #: explicit times 1 = t_0 > t_1 > ... > t_nfe = 0; None: uniform.
+    time_grid: tuple[float, ...] | None = None
+
+    def __attrs_post_init__(self):
+        grid = self.time_grid
+        if grid is None:
+            return
+        if len(grid) != self.nfe + 1:
+            raise InvalidValue("time_grid", grid, f"nfe + 1 = {self.nfe + 1} times (nfe is {self.nfe})")
+        if grid[0] != 1.0 or grid[-1] != 0.0 or any(a <= b for a, b in zip(grid, grid[1:])):
+            raise InvalidValue("time_grid", grid, "times decreasing strictly from 1 to 0")
+
+
+class MeanFlowSampler:
+    def __init__(self, options: MeanFlowSamplerOptions):
+        self.options, self.nfe = options, options.nfe
+        self.grid = list(options.time_grid) if options.time_grid is not None else time_grid(options.nfe)
+
+    def sample(self, model_fn, noise, y=None):
+        z = noise
+        for t, r in zip(self.grid[:-1], self.grid[1:]):
+            z = z - (t - r) * model_fn(z, t, r, y)
+        return z
+
+
 class Euler:
     def __init__(self, options: EulerOptions):
         self.options, self.nfe = options, options.nfe
@@ -66,5 +100,6 @@ class Heun:
 
 @hookimpl
 def register_samplers(register):
+    register("meanflow", {"*": MeanFlowSampler}, options=MeanFlowSamplerOptions)
     register("euler", {"*": Euler}, options=EulerOptions)
     register("heun", {"*": Heun}, options=HeunOptions)

@@ -1,0 +1,26 @@
+"""Forward-mode derivatives of a network in PyTorch."""
+
+from __future__ import annotations
+
+from typing import Callable, Literal, Sequence
+
+import torch
+import torch.autograd.forward_ad as forward_ad
+
+JvpMode = Literal["func", "forward_ad"]
+
+
+def jvp(fn: Callable, primals: Sequence[torch.Tensor], tangents: Sequence[torch.Tensor],
+        mode: JvpMode = "func") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(fn(*primals), d/de fn(*(primals + e * tangents)) at e = 0)``.
+
+    ``func`` uses ``torch.func.jvp``; ``forward_ad`` uses dual tensors, which also work
+    through a ``DistributedDataParallel`` wrapper (``torch.func.jvp`` does not: SPEC.md
+    section 7). Both give the same numbers.
+    """
+    if mode == "func":
+        return torch.func.jvp(fn, tuple(primals), tuple(tangents))
+    with forward_ad.dual_level():
+        duals = [forward_ad.make_dual(p, t) for p, t in zip(primals, tangents)]
+        out = forward_ad.unpack_dual(fn(*duals))
+        return out.primal, out.tangent

@@ -1,0 +1,86 @@
+"""Moving NumPy arrays in and out of a backend, for tests written once for both."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+
+def to_backend(backend: str, array):
+    if array is None:
+        return None
+    if backend == "torch":
+        import torch
+
+        return torch.from_numpy(np.asarray(array))
+    import jax.numpy as jnp
+
+    return jnp.asarray(array)
+
+
+def to_numpy(array) -> np.ndarray:
+    if hasattr(array, "detach"):
+        array = array.detach()
+    return np.asarray(array)
+
+
+def namespace(backend: str):
+    if backend == "torch":
+        import torch
+
+        return torch
+    import jax.numpy as jnp
+
+    return jnp
+
+
+@contextlib.contextmanager
+def float64(backend: str):
+    """float64 everywhere for the duration (jax needs x64 switched on)."""
+    if backend == "jax":
+        import jax
+
+        with jax.enable_x64(True):
+            yield
+    else:
+        yield
+
+
+def exact_model(backend: str, mean: float, std: float):
+    """The exact average-velocity field of N(mean, std^2 I) data, as a backbone of ``backend``
+    (batched for torch, one example for jax)."""
+    from toolkit.plugins.toy2d import exact_average_velocity
+
+    xp = namespace(backend)
+
+    def model(x, t, r, y=None):
+        if backend == "torch":
+            t, r = t[:, None], r[:, None]
+        return exact_average_velocity(x, t, r, mean, std, xp)
+
+    return model
+
+
+def build_backbone(backend: str, name: str, options, spec, seed: int = 0):
+    from toolkit.registry import get_registry
+
+    cls = get_registry().load("backbone", name, backend)
+    if backend == "torch":
+        import torch
+
+        torch.manual_seed(seed)
+        return cls(options, spec).double()
+    import equinox as eqx
+    import jax
+
+    model = cls(options, spec, key=jax.random.PRNGKey(seed))
+    return jax.tree_util.tree_map(lambda a: a.astype("float64") if eqx.is_inexact_array(a) else a, model)
+
+
+def call_backbone(backend: str, model, x, t, r, y=None):
+    if backend == "torch":
+        return model(x, t, r, y)
+    import jax
+
+    return jax.vmap(model)(x, t, r, y)
