@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from toolkit.interfaces import DataSpec
+from toolkit.plugins.flow_matching import FlowMatchingOptions
+from toolkit.plugins.meanflow import Guidance, MeanFlowOptions
 from toolkit.registry import get_registry
 
 RTOL = 1e-10
@@ -59,33 +61,44 @@ def test_mlp_outputs_agree(num_classes):
         assert max_rel(jax.vmap(jax_model)(a["x"], a["t"], a["r"], None), expected) < RTOL
 
 
+OBJECTIVES = {
+    "flow_matching": FlowMatchingOptions(),
+    "meanflow": MeanFlowOptions(ratio=0.5, weight_power=0.75,
+                                guidance=Guidance(omega=0.5, kappa=0.3, t_min=0.1, t_max=0.9)),
+}
+
+
 @pytest.mark.parametrize("num_classes", [0, 8])
-def test_flow_matching_loss_and_gradients_agree(num_classes):
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_objective_loss_and_gradients_agree(name, num_classes):
     import equinox as eqx
 
     from toolkit.backends.jax.weights import named_arrays
-    from toolkit.plugins.flow_matching import FlowMatchingOptions
 
     registry = get_registry()
     with jax.enable_x64(True):
         spec, torch_model, jax_model = build_pair(num_classes)
+        options = OBJECTIVES[name]
         a = inputs(spec, seed=1)
-        draws = {"t": a["t"], "drop": a["drop"]}
-        torch_loss_fn = registry.load("objective", "flow_matching", "torch")(FlowMatchingOptions(), spec)
-        jax_loss_fn = registry.load("objective", "flow_matching", "jax")(FlowMatchingOptions(), spec)
+        draws = options.draw(np.random.default_rng(2), len(a["x"]), 0, spec)
+        torch_objective = registry.load("objective", name, "torch")(options, spec)
+        jax_objective = registry.load("objective", name, "jax")(options, spec)
 
         tensor = lambda v: None if v is None else torch.from_numpy(v)  # noqa: E731
-        loss, _ = torch_loss_fn.loss(torch_model, tensor(a["x"]), tensor(a["y"]),
-                                     {k: tensor(v) for k, v in draws.items()}, tensor(a["noise"]))
+        loss, torch_parts = torch_objective.loss(torch_model, tensor(a["x"]), tensor(a["y"]),
+                                                 {k: tensor(v) for k, v in draws.items()}, tensor(a["noise"]))
         loss.backward()
         torch_grads = {k: p.grad.numpy() for k, p in torch_model.named_parameters()}
 
         def jax_loss(model):
-            return jax_loss_fn.loss(model, a["x"], a["y"], draws, a["noise"])[0]
+            return jax_objective.loss(model, a["x"], a["y"], draws, a["noise"])
 
-        value, grads = eqx.filter_value_and_grad(jax_loss)(jax_model)
+        (value, jax_parts), grads = eqx.filter_value_and_grad(jax_loss, has_aux=True)(jax_model)
         assert max_rel(value, loss.item()) < RTOL
+        assert set(jax_parts) == set(torch_parts)
+        for part, number in torch_parts.items():
+            assert max_rel(jax_parts[part], number.item()) < RTOL, part
         jax_grads = named_arrays(grads)
         assert set(jax_grads) == set(torch_grads)
-        for name, grad in torch_grads.items():
-            assert max_rel(jax_grads[name], grad) < RTOL, name
+        for parameter, grad in torch_grads.items():
+            assert max_rel(jax_grads[parameter], grad) < RTOL, parameter
