@@ -11,6 +11,7 @@ from toolkit.plugins.flow_matching import FlowMatchingOptions
 from toolkit.plugins.meanflow import Guidance, MeanFlowOptions
 from toolkit.plugins.mlp import MLPOptions
 from toolkit.plugins.samplers import MeanFlowSampler, MeanFlowSamplerOptions
+from toolkit.plugins.splitmeanflow import SplitMeanFlowOptions
 from toolkit.plugins.toy2d import exact_average_velocity
 from toolkit.registry import get_registry
 
@@ -183,3 +184,46 @@ def test_one_step_of_the_exact_field_maps_noise_to_data(backend):
         for options in [MeanFlowSamplerOptions(), MeanFlowSamplerOptions(nfe=3, time_grid=(1.0, 0.6, 0.25, 0.0))]:
             out = to_numpy(MeanFlowSampler(options).sample(model_fn, to_backend(backend, noise)))
             np.testing.assert_allclose(out, MEAN + STD * noise, rtol=1e-12)
+
+
+def test_interval_splitting_holds_for_the_exact_field():
+    """(t - r) u(z_t, r, t) = (s - r) u(z_s, r, s) + (t - s) u(z_t, s, t) along the exact flow."""
+    rng = np.random.default_rng(0)
+    n = 1000
+    t = rng.random(n)
+    r = t * rng.random(n)
+    s = r + rng.random(n) * (t - r)
+    z = rng.standard_normal((n, 2)) * 2
+    u = lambda z, t, r: exact_average_velocity(z, t[:, None], r[:, None], MEAN, STD, np)  # noqa: E731
+    u_st = u(z, t, s)
+    z_s = z - (t - s)[:, None] * u_st
+    split = (s - r)[:, None] * u(z_s, s, r) + (t - s)[:, None] * u_st
+    np.testing.assert_allclose(split, (t - r)[:, None] * u(z, t, r), rtol=1e-10, atol=1e-12)
+
+
+def test_splitmeanflow_target_of_the_exact_field_is_the_field(backend):
+    x, _, draws, noise = batch()
+    t, r = draws["t"], draws["r"]
+    lam = np.random.default_rng(1).random(len(t))
+    z, v = (1 - t[:, None]) * x + t[:, None] * noise, noise - x
+    with float64(backend):
+        smf = objective(backend, "splitmeanflow", SplitMeanFlowOptions())
+        got = to_numpy(smf.target(exact_model(backend, MEAN, STD), *(to_backend(backend, a) for a in (z, t, r)),
+                                  None, *(to_backend(backend, a) for a in (v, lam))))
+    expected = exact_average_velocity(z, t[:, None], r[:, None], MEAN, STD, np)
+    keep = r < t
+    np.testing.assert_allclose(got[keep], expected[keep], rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(got[~keep], v[~keep])  # the boundary condition: flow matching
+    assert 20 < keep.sum() < len(t)
+
+
+def test_splitmeanflow_loss_of_the_exact_field_is_zero(backend):
+    options = SplitMeanFlowOptions(ratio=0.75)
+    rng = np.random.default_rng(3)
+    x, noise = np.full((64, 2), MEAN), rng.standard_normal((64, 2))
+    draws = options.draw(rng, 64, 0, SPEC)
+    with float64(backend):
+        loss, parts = objective(backend, "splitmeanflow", options).loss(
+            exact_model(backend, MEAN, 0.0), to_backend(backend, x), None,
+            {k: to_backend(backend, v) for k, v in draws.items()}, to_backend(backend, noise))
+        assert float(to_numpy(loss)) < 1e-24 and float(to_numpy(parts["mse_r_lt_t"])) < 1e-24

@@ -11,6 +11,7 @@ import torch
 from toolkit.interfaces import DataSpec
 from toolkit.plugins.flow_matching import FlowMatchingOptions
 from toolkit.plugins.meanflow import Guidance, MeanFlowOptions
+from toolkit.plugins.splitmeanflow import SplitMeanFlowOptions
 from toolkit.registry import get_registry
 
 RTOL = 1e-10
@@ -65,6 +66,7 @@ OBJECTIVES = {
     "flow_matching": FlowMatchingOptions(),
     "meanflow": MeanFlowOptions(ratio=0.5, weight_power=0.75,
                                 guidance=Guidance(omega=0.5, kappa=0.3, t_min=0.1, t_max=0.9)),
+    "splitmeanflow": SplitMeanFlowOptions(ratio=0.6, weight_power=0.5),
 }
 
 

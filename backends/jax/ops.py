@@ -58,3 +58,16 @@ def masked_mean(values, mask):
     """Mean of ``values`` where ``mask``; 0 where the mask is empty."""
     mask = mask.astype(values.dtype)
     return (values * mask).sum() / jnp.maximum(mask.sum(), 1)
+
+
+def average_velocity_loss(error, draws, power: float, eps: float):
+    """The batch loss of the MeanFlow family from the per-example squared error: the adaptive
+    weight, a schedule's per-example ``draws["weight"]`` if any, and the parts to log (the
+    error where r = t, the flow-matching part, and where r < t)."""
+    weighted = adaptive_weight(error, power, eps) * error
+    if "weight" in draws:
+        weighted = weighted * draws["weight"]
+    error = jax.lax.stop_gradient(error)
+    t, r = draws["t"], draws["r"]
+    return weighted.mean(), {"mse": error.mean(), "mse_r_eq_t": masked_mean(error, r == t),
+                             "mse_r_lt_t": masked_mean(error, r < t)}

@@ -52,3 +52,16 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``values`` where ``mask``; 0 where the mask is empty."""
     mask = mask.to(values.dtype)
     return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def average_velocity_loss(error: torch.Tensor, draws, power: float, eps: float):
+    """The batch loss of the MeanFlow family from the per-example squared error: the adaptive
+    weight, a schedule's per-example ``draws["weight"]`` if any, and the parts to log (the
+    error where r = t, the flow-matching part, and where r < t)."""
+    weighted = adaptive_weight(error, power, eps) * error
+    if "weight" in draws:
+        weighted = weighted * draws["weight"]
+    error = error.detach()
+    t, r = draws["t"], draws["r"]
+    return weighted.mean(), {"mse": error.mean(), "mse_r_eq_t": masked_mean(error, r == t),
+                             "mse_r_lt_t": masked_mean(error, r < t)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from toolkit.backends.torch.jvp import jvp
-from toolkit.backends.torch.ops import (adaptive_weight, expand, interpolate, masked_mean, per_example_sum,
+from toolkit.backends.torch.ops import (average_velocity_loss, expand, interpolate, per_example_sum,
                                         with_null_labels)
 
 
@@ -47,9 +47,4 @@ class MeanFlow:
         v = self.guided_velocity(model, z, v, t, y, drop)
         u, u_tgt = self.target(model, z, t, r, with_null_labels(y, drop, self.spec.num_classes), v)
         error = per_example_sum((u - u_tgt) ** 2)
-        weighted = adaptive_weight(error, o.weight_power, o.weight_eps) * error
-        if "weight" in draws:
-            weighted = weighted * draws["weight"]
-        error = error.detach()
-        return weighted.mean(), {"mse": error.mean(), "mse_r_eq_t": masked_mean(error, r == t),
-                                 "mse_r_lt_t": masked_mean(error, r < t)}
+        return average_velocity_loss(error, draws, o.weight_power, o.weight_eps)
