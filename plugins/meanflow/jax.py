@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
 from toolkit.backends.jax.ops import (average_velocity_loss, batched, expand, interpolate, per_example_sum,
                                       with_null_labels)
 

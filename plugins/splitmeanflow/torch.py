@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from toolkit.backends.torch.ops import (average_velocity_loss, expand, interpolate, per_example_sum,
                                         with_null_labels)
 
