@@ -227,3 +227,23 @@ def test_splitmeanflow_loss_of_the_exact_field_is_zero(backend):
             exact_model(backend, MEAN, 0.0), to_backend(backend, x), None,
             {k: to_backend(backend, v) for k, v in draws.items()}, to_backend(backend, noise))
         assert float(to_numpy(loss)) < 1e-24 and float(to_numpy(parts["mse_r_lt_t"])) < 1e-24
+
+
+@pytest.mark.parametrize("name, options", [("flow_matching", FlowMatchingOptions()),
+                                           ("meanflow", MeanFlowOptions(weight_power=0.5)),
+                                           ("splitmeanflow", SplitMeanFlowOptions())])
+def test_objectives_multiply_in_a_schedule_weight(backend, name, options):
+    x, _, _, noise = batch(n=32)
+    draws = options.draw(np.random.default_rng(4), 32, 0, SPEC)
+    weight = np.random.default_rng(5).random(32)
+    with float64(backend):
+        model = build_backbone(backend, "mlp", MLPOptions(hidden=16, depth=2, time_embed_dim=8), SPEC)
+        loss_fn = objective(backend, name, options)
+
+        def loss(extra):
+            d = {k: to_backend(backend, v) for k, v in {**draws, **extra}.items()}
+            return float(to_numpy(loss_fn.loss(model, to_backend(backend, x), None, d, to_backend(backend, noise))[0]))
+
+        ones, halves = loss({"weight": np.ones(32)}), loss({"weight": np.full(32, 0.5)})
+        assert ones == pytest.approx(loss({}), rel=1e-14) and halves == pytest.approx(ones / 2, rel=1e-14)
+        assert loss({"weight": weight}) != pytest.approx(ones, rel=1e-3)

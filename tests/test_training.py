@@ -131,19 +131,6 @@ def test_learning_rate_schedule():
     assert learning_rate(OptimizerSection(lr=0.1), 10**6, 10) == 0.1
 
 
-def test_a_schedule_for_an_objective_that_takes_none_is_an_error(tmp_path):
-    from toolkit.errors import UsageError
-
-    class Constant:
-        @hookimpl
-        def register_schedules(self, register):
-            register("constant", {"*": lambda options: None})
-
-    get_registry().add_plugin(Constant(), "constant_schedule")
-    with pytest.raises(UsageError, match="schedule.name: objective 'flow_matching' takes no schedule"):
-        toy_run("torch", tmp_path, "schedule.name=constant", "run.steps=1")
-
-
 def test_meanflow_learns_one_step_sampling(backend, tmp_path):
     results = toy_run(backend, tmp_path, "run.steps=2000", "eval.num_samples=8000",
                       config=CONFIGS / "meanflow_toy2d.yaml")

@@ -97,6 +97,24 @@ class Objective(Protocol):
     def loss(self, model: Any, x: Any, y: Any, draws: Mapping[str, Any], noise: Any) -> tuple[Any, dict]: ...
 
 
+class Schedule(Protocol):
+    """``Schedule(options)``: changes an objective's draws as training proceeds (NumPy, so one
+    implementation serves every backend; a pure function of the step, so a resumed run
+    continues it exactly).
+
+    Objectives multiply their per-example loss by ``draws["weight"]`` when it is present.
+    """
+
+    def calibrate(self, draws: Mapping[str, np.ndarray]) -> None:
+        """Called once before training with a large sample (2^16) of the objective's draws at
+        step 0, e.g. to normalise weights; raise ``UsageError`` if the draws lack what the
+        schedule needs."""
+
+    def apply(self, draws: Mapping[str, np.ndarray], step: int, total_steps: int,
+              rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """The draws to train on at ``step`` (from 0) of ``total_steps``."""
+
+
 #: ``model_fn(z, t, r, y)``: the backbone on a batch at scalar times ``t`` >= ``r``;
 #: ``y=None`` asks for the unconditional (null-class) prediction.
 ModelFn = Callable[[Any, float, float, Any], Any]

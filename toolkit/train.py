@@ -9,7 +9,6 @@ logging, checkpoints and evaluation.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import platform
@@ -43,6 +42,7 @@ def default_out_dir(config: Config, backend: str) -> Path:
     return Path(config.run.out_dir or Path("runs") / f"{config.run.name}-{backend}")
 
 
+CALIBRATION_DRAWS = 2**16
 RUN_FILES = ("run.json", "metrics.json", "samples.png", "checkpoints", "events.out.tfevents.*")
 
 
@@ -67,16 +67,13 @@ def train(config: Config, backend: str, registry, out_dir: Path | None = None,
     engine = registry.load("backend", backend, backend)(config, registry, spec)
     _write_run_info(out_dir / "run.json", config, backend)
 
-    draw = config.objective.options.draw
-    draw_options = {}
-    if config.schedule is not None:
-        if "schedule" not in inspect.signature(draw).parameters:
-            raise UsageError(f"schedule.name: objective {config.objective.name!r} takes no schedule; remove "
-                             f"the schedule section or choose an objective that uses one")
-        draw_options["schedule"] = registry.load("schedule", config.schedule.name, backend)(
-            config.schedule.options)
-
     run, steps = config.run, config.run.steps
+    draw = config.objective.options.draw
+    schedule = None
+    if config.schedule is not None:
+        schedule = registry.load("schedule", config.schedule.name, backend)(config.schedule.options)
+        schedule.calibrate(draw(np.random.default_rng([run.seed, 4]), CALIBRATION_DRAWS, 0, spec))
+
     draw_rng = np.random.default_rng([run.seed, 0])
     batches = dataset.batches(run.batch_size, run.seed)
     checkpoints = out_dir / "checkpoints"
@@ -87,7 +84,9 @@ def train(config: Config, backend: str, registry, out_dir: Path | None = None,
         for step in range(1, steps + 1):
             lr = learning_rate(config.optimizer, step - 1, steps)
             batch = next(batches)
-            draws = draw(draw_rng, run.batch_size, step - 1, spec, **draw_options)
+            draws = draw(draw_rng, run.batch_size, step - 1, spec)
+            if schedule is not None:
+                draws = schedule.apply(draws, step - 1, steps, draw_rng)
             try:
                 values = engine.train_step(batch, draws, lr)
             except DivergenceError as error:
