@@ -7,6 +7,8 @@ from typing import Callable, Literal, Sequence
 import torch
 import torch.autograd.forward_ad as forward_ad
 
+from toolkit.backends.torch.attention import forward_mode
+
 JvpMode = Literal["func", "forward_ad"]
 
 
@@ -16,10 +18,15 @@ def jvp(fn: Callable, primals: Sequence[torch.Tensor], tangents: Sequence[torch.
 
     ``func`` uses ``torch.func.jvp``; ``forward_ad`` uses dual tensors, which also work
     through a ``DistributedDataParallel`` wrapper (``torch.func.jvp`` does not: SPEC.md
-    section 7). Both give the same numbers.
+    section 7). Both give the same numbers. Attention inside ``fn`` takes its JVP-capable path.
     """
-    if mode == "func":
-        return torch.func.jvp(fn, tuple(primals), tuple(tangents))
+    with forward_mode():
+        if mode == "func":
+            return torch.func.jvp(fn, tuple(primals), tuple(tangents))
+        return _dual_jvp(fn, primals, tangents)
+
+
+def _dual_jvp(fn, primals, tangents):
     with forward_ad.dual_level():
         duals = [forward_ad.make_dual(p, t) for p, t in zip(primals, tangents)]
         out = forward_ad.unpack_dual(fn(*duals))
