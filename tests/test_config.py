@@ -87,7 +87,7 @@ def test_component_options_are_validated_by_the_component(tmp_path):
 def test_unknown_component_lists_available_and_closest(tmp_path):
     assert error_of(tmp_path, BASE.replace("name: moons", "name: moon")) == (
         "run.yaml: data.name: unknown dataset 'moon' (did you mean 'moons'?); "
-        "available: checkerboard, eight_gaussians, moons")
+        "available: checkerboard, eight_gaussians, gaussian, moons")
 
 
 def test_missing_required_section(tmp_path):
@@ -139,3 +139,16 @@ def test_resolved_config_round_trips():
     import yaml
 
     assert config_from_dict(yaml.safe_load(dump_yaml(config))) == config
+
+
+def test_backend_section_is_validated_by_each_backend(tmp_path):
+    config = load_config(write(tmp_path, BASE + "backend: {torch: {compile: true, jvp: forward_ad}}\n"))
+    options = config.backend_options("torch")
+    assert (options.compile, options.jvp) == (True, "forward_ad")
+    assert config.backend_options("jax", "default") == "default"
+    assert error_of(tmp_path, BASE + "backend: {torch: {jvp: dual}}\n") == (
+        "run.yaml: backend.torch.jvp: got 'dual', expected one of 'func', 'forward_ad'")
+    assert error_of(tmp_path, BASE + "backend: {troch: {}}\n") == (
+        "run.yaml: backend.troch: unknown backend 'troch' (did you mean 'torch'?); available: jax, torch")
+    assert error_of(tmp_path, BASE + "backend: {jax: {compile: true}}\n") == (
+        "run.yaml: backend.jax.compile: backend 'jax' takes no options")

@@ -12,7 +12,9 @@ from toolkit.errors import BackendUnavailableError, ComponentClashError, Unknown
 from toolkit.hookspecs import KINDS, hookimpl
 from toolkit.registry import Registry
 
-BUILTINS = {("objective", "flow_matching"), ("backbone", "mlp"), ("sampler", "euler"), ("sampler", "heun"),
+BUILTINS = {("objective", "flow_matching"), ("objective", "meanflow"), ("objective", "splitmeanflow"),
+            ("backbone", "mlp"), ("backbone", "dit"), ("sampler", "euler"), ("sampler", "heun"), ("sampler", "meanflow"),
+            ("schedule", "meanflow_curriculum"), ("dataset", "gaussian"),
             ("backend", "torch"), ("backend", "jax"), ("dataset", "checkerboard"), ("dataset", "moons"),
             ("dataset", "eight_gaussians"), ("metric", "sliced_wasserstein")}
 
@@ -134,7 +136,7 @@ def test_unknown_name_lists_available_and_closest(registry):
     with pytest.raises(UnknownComponentError) as error:
         registry.get("objective", "flow_matchin")
     assert str(error.value) == ("unknown objective 'flow_matchin' (did you mean 'flow_matching'?); "
-                                "available: flow_matching")
+                                "available: flow_matching, meanflow, splitmeanflow")
 
 
 def test_missing_backend_implementation_is_named():

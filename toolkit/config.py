@@ -131,6 +131,12 @@ class Config:
     logging: LoggingSection = LoggingSection()
     checkpoint: CheckpointSection = CheckpointSection()
     eval: EvalSection = EvalSection()
+    #: per-backend engine options, keyed by backend name, e.g. ``{torch: {compile: true}}``.
+    backend: dict = attrs.field(factory=dict, metadata={"options_of": "backend"})
+
+    def backend_options(self, name: str, default: Any = None) -> Any:
+        """The options given for backend ``name``, else ``default``."""
+        return self.backend.get(name, default)
 
 
 # -- loading -----------------------------------------------------------------------------------
@@ -233,6 +239,8 @@ def _structure(cls: type, data: Any, ctx: _Context, prefix: str) -> Any:
         if name in data:
             if "kind" in field.metadata:
                 values[name] = _choice(field.metadata["kind"], data[name], ctx, key)
+            elif "options_of" in field.metadata:
+                values[name] = _options_by_name(field.metadata["options_of"], data[name], ctx, key)
             else:
                 values[name] = _convert(hints[name], data[name], ctx, key)
         elif field.default is attrs.NOTHING:
@@ -269,6 +277,27 @@ def _choice(kind: str, data: Any, ctx: _Context, key: str) -> Choice | None:
             raise ctx.error(_join(key, next(iter(rest))), f"{kind} {name!r} takes no options")
         return Choice(str(name), None)
     return Choice(str(name), _structure(component.options, rest, ctx, key))
+
+
+def _options_by_name(kind: str, data: Any, ctx: _Context, key: str) -> dict:
+    """``{component name: its options}`` for a section keyed by component names."""
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ctx.error(key, f"expected a mapping of {kind} names to their options, got {_describe(data)}")
+    result = {}
+    for name, options in data.items():
+        item = _join(key, str(name))
+        try:
+            component = ctx.registry.get(kind, str(name))
+        except UnknownComponentError as error:
+            raise ctx.error(item, str(error)) from None
+        if component.options is None:
+            if options:
+                raise ctx.error(_join(item, str(next(iter(options)))), f"{kind} {name!r} takes no options")
+            continue
+        result[str(name)] = _structure(component.options, options or {}, ctx, item)
+    return result
 
 
 def _convert(tp: Any, value: Any, ctx: _Context, key: str) -> Any:
@@ -355,6 +384,8 @@ def to_dict(value: Any) -> Any:
         return {"name": value.name, **options}
     if attrs.has(type(value)):
         return {f.name: to_dict(getattr(value, f.name)) for f in attrs.fields(type(value))}
+    if isinstance(value, Mapping):
+        return {k: to_dict(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [to_dict(v) for v in value]
     return value

@@ -4,30 +4,33 @@
 ``torch.func.jvp`` it raises NotImplementedError: SPEC.md section 7). :func:`attention`
 uses the fused kernel for ordinary forward and backward passes and the explicit formula
 ``softmax(q k^T / sqrt(d)) v`` while a JVP is being taken: inside :func:`forward_mode`
-(which :func:`toolkit.backends.torch.jvp.jvp` enters) or when given dual tensors.
+(which :func:`toolkit.backends.torch.jvp.jvp` enters) or when given dual tensors. Under
+``torch.compile`` it is always the explicit formula, which the compiler fuses.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import math
 
 import torch
 import torch.autograd.forward_ad as forward_ad
 import torch.nn.functional as F
 
-_FORWARD_MODE = contextvars.ContextVar("toolkit_attention_forward_mode", default=False)
+# A module global, not a ContextVar: torch.compile traces globals but breaks its graph on
+# ContextVar.get/set.
+_forward_mode_depth = 0
 
 
 @contextlib.contextmanager
 def forward_mode():
     """Within this block :func:`attention` uses the explicit, JVP-capable formula."""
-    token = _FORWARD_MODE.set(True)
+    global _forward_mode_depth
+    _forward_mode_depth += 1
     try:
         yield
     finally:
-        _FORWARD_MODE.reset(token)
+        _forward_mode_depth -= 1
 
 
 def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -37,6 +40,6 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """(B, heads, tokens, head_dim) x3 -> (B, heads, tokens, head_dim)."""
-    if _FORWARD_MODE.get() or forward_ad.unpack_dual(q).tangent is not None:
-        return explicit_attention(q, k, v)
+    if torch.compiler.is_compiling() or _forward_mode_depth or forward_ad.unpack_dual(q).tangent is not None:
+        return explicit_attention(q, k, v)  # compiled code: the compiler fuses this itself
     return F.scaled_dot_product_attention(q, k, v)

@@ -7,6 +7,8 @@ import math
 import numpy as np
 import torch
 
+from toolkit.backends.torch import TorchOptions
+from toolkit.backends.torch.jvp import jvp_mode
 from toolkit.errors import DivergenceError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -25,6 +27,12 @@ class TorchEngine:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps,
                                            weight_decay=o.weight_decay)
         self.generator = torch.Generator().manual_seed(config.run.seed)
+        self.options = config.backend_options("torch", TorchOptions())
+
+        def loss_fn(x, y, draws, noise):
+            return self.objective.loss(self.model, x, y, draws, noise)
+
+        self.loss_fn = torch.compile(loss_fn) if self.options.compile else loss_fn
 
     def tensor(self, array: np.ndarray | None) -> torch.Tensor | None:
         if array is None:
@@ -37,8 +45,8 @@ class TorchEngine:
         noise = torch.randn(x.shape, generator=self.generator, dtype=self.dtype)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss, parts = self.objective.loss(self.model, x, y, {k: self.tensor(v) for k, v in draws.items()},
-                                          noise)
+        with jvp_mode(self.options.jvp):
+            loss, parts = self.loss_fn(x, y, {k: self.tensor(v) for k, v in draws.items()}, noise)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = self.config.optimizer.grad_clip

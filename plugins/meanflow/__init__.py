@@ -70,8 +70,9 @@ class Guidance:
 
 
 @attrs.frozen
-class MeanFlowOptions:
-    """MeanFlow: average velocity from the MeanFlow identity (one JVP per step)."""
+class AverageVelocityOptions:
+    """What every objective of the MeanFlow family shares: how (t, r) pairs are drawn, the
+    adaptive loss weight, and label dropout for classifier-free guidance."""
 
     time: TimeDistribution = PAPER_TIME
     #: distribution of the second draw; None: the same as ``time``.
@@ -83,14 +84,18 @@ class MeanFlowOptions:
     weight_power: float = attrs.field(default=1.0, validator=non_negative)
     weight_eps: float = attrs.field(default=1e-3, validator=positive)
     label_dropout: float = attrs.field(default=0.1, validator=probability)
-    guidance: Guidance = Guidance()
-    #: torch only: ``func`` (torch.func.jvp) or ``forward_ad`` (dual tensors; works under DDP).
-    jvp: Literal["func", "forward_ad"] = "func"
 
     def draw(self, rng: np.random.Generator, batch_size: int, step: int, spec: DataSpec) -> dict[str, np.ndarray]:
         t, r = draw_time_pairs(rng, batch_size, self.time, self.r_time, self.pairing, self.ratio)
         drop = rng.random(batch_size) < (self.label_dropout if spec.conditional else 0.0)
         return {"t": t, "r": r, "drop": drop}
+
+
+@attrs.frozen
+class MeanFlowOptions(AverageVelocityOptions):
+    """MeanFlow: average velocity from the MeanFlow identity (one JVP per step)."""
+
+    guidance: Guidance = Guidance()
 
 
 @hookimpl

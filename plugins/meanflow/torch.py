@@ -9,6 +9,11 @@ from toolkit.backends.torch.ops import (average_velocity_loss, expand, interpola
                                         with_null_labels)
 
 
+def has_dropout(model: torch.nn.Module) -> bool:
+    return isinstance(model, torch.nn.Module) and model.training and any(
+        isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+
+
 class MeanFlow:
     def __init__(self, options, spec):
         self.options, self.spec = options, spec
@@ -25,19 +30,25 @@ class MeanFlow:
         applies = (t >= g.t_min) & (t <= g.t_max) & ~drop
         return torch.where(expand(applies, v), guided, v)
 
-    def target(self, model, z, t, r, y, v):
+    def target(self, model, z, t, r, y, v, joint: bool | None = None):
         """``(u, sg(u_tgt))``: the prediction with its graph, and the MeanFlow target.
 
-        The prediction is a normal forward; the JVP runs without a graph (the authors'
-        eager recipe: SPEC.md section 2a), replaying the same random state so that
-        dropout masks agree.
+        Eager (the authors' recipe, SPEC.md section 2a): a normal forward for the prediction
+        and the JVP without a graph, replaying the random state so that dropout masks agree.
+        Under ``torch.compile`` (or ``joint=True``): one JVP whose primal output is the
+        prediction, which compiles to a single graph.
         """
-        state = torch.get_rng_state()
+        fn = lambda z_, t_, r_: model(z_, t_, r_, y)  # noqa: E731
+        tangents = (v, torch.ones_like(t), torch.zeros_like(r))
+        if torch.compiler.is_compiling() if joint is None else joint:
+            u, dudt = jvp(fn, (z, t, r), tangents)
+            return u, (v - expand(t - r, v) * dudt).detach()
+        state = torch.get_rng_state() if has_dropout(model) else None
         u = model(z, t, r, y)
-        torch.set_rng_state(state)
+        if state is not None:
+            torch.set_rng_state(state)
         with torch.no_grad():
-            _, dudt = jvp(lambda z_, t_, r_: model(z_, t_, r_, y), (z, t, r),
-                          (v, torch.ones_like(t), torch.zeros_like(r)), self.options.jvp)
+            _, dudt = jvp(fn, (z, t, r), tangents)
             return u, v - expand(t - r, v) * dudt
 
     def loss(self, model, x, y, draws, noise):

@@ -16,35 +16,24 @@ experiments only; the (r, t) distribution defaults to MeanFlow's.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import attrs
 import numpy as np
 
-from toolkit.config import non_negative, positive, probability
+from toolkit.config import non_negative, probability
 from toolkit.hookspecs import hookimpl
 from toolkit.interfaces import DataSpec
-from toolkit.plugins.meanflow import PAPER_TIME, draw_time_pairs
-from toolkit.timesteps import TimeDistribution
+from toolkit.plugins.meanflow import AverageVelocityOptions
 
 
 @attrs.frozen
-class SplitMeanFlowOptions:
+class SplitMeanFlowOptions(AverageVelocityOptions):
     """SplitMeanFlow: average velocity from interval-splitting consistency (no JVP)."""
 
-    time: TimeDistribution = PAPER_TIME
-    r_time: TimeDistribution | None = None
-    pairing: Literal["sorted", "clipped"] = "sorted"
-    #: fraction of the batch with r != t; the rest is the flow-matching boundary condition.
     ratio: float = attrs.field(default=0.5, validator=probability)
     weight_power: float = attrs.field(default=0.0, validator=non_negative)
-    weight_eps: float = attrs.field(default=1e-3, validator=positive)
-    label_dropout: float = attrs.field(default=0.1, validator=probability)
 
     def draw(self, rng: np.random.Generator, batch_size: int, step: int, spec: DataSpec) -> dict[str, np.ndarray]:
-        t, r = draw_time_pairs(rng, batch_size, self.time, self.r_time, self.pairing, self.ratio)
-        drop = rng.random(batch_size) < (self.label_dropout if spec.conditional else 0.0)
-        return {"t": t, "r": r, "lam": rng.random(batch_size), "drop": drop}
+        return {**super().draw(rng, batch_size, step, spec), "lam": rng.random(batch_size)}
 
 
 @hookimpl

@@ -1,0 +1,129 @@
+"""DiT in JAX/Equinox (one example; batch with ``jax.vmap``). Parameter names match the torch
+module's ``state_dict`` keys."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from toolkit.backends.jax.attention import attention
+from toolkit.backends.jax.ops import second_time, sinusoidal_embedding
+from toolkit.plugins.dit import check_image_spec, position_embedding
+
+
+def modulate(x, shift, scale):
+    return x * (1 + scale) + shift
+
+
+def layer_norm(x, eps):
+    """Non-affine LayerNorm over the last axis (DiT's adaLN norms have no weights)."""
+    mean = x.mean(-1, keepdims=True)
+    return (x - mean) / jnp.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + eps)
+
+
+def tokens(linear, x):
+    return jax.vmap(linear)(x)
+
+
+class TimeEmbedder(eqx.Module):
+    fc1: eqx.nn.Linear
+    fc2: eqx.nn.Linear
+    frequency_dim: int = eqx.field(static=True)
+    scale: float = eqx.field(static=True)
+
+    def __init__(self, width, frequency_dim, scale, *, key):
+        k1, k2 = jax.random.split(key)
+        self.fc1, self.fc2 = eqx.nn.Linear(frequency_dim, width, key=k1), eqx.nn.Linear(width, width, key=k2)
+        self.frequency_dim, self.scale = frequency_dim, scale
+
+    def __call__(self, t):
+        return self.fc2(jax.nn.silu(self.fc1(sinusoidal_embedding(t * self.scale, self.frequency_dim))))
+
+
+class Block(eqx.Module):
+    qkv: eqx.nn.Linear
+    proj: eqx.nn.Linear
+    fc1: eqx.nn.Linear
+    fc2: eqx.nn.Linear
+    modulation: eqx.nn.Linear
+    heads: int = eqx.field(static=True)
+    approximate_gelu: bool = eqx.field(static=True)
+    eps: float = eqx.field(static=True)
+
+    def __init__(self, width, heads, mlp_ratio, gelu, eps, *, key):
+        keys = jax.random.split(key, 5)
+        hidden = int(width * mlp_ratio)
+        self.qkv, self.proj = eqx.nn.Linear(width, 3 * width, key=keys[0]), eqx.nn.Linear(width, width, key=keys[1])
+        self.fc1, self.fc2 = eqx.nn.Linear(width, hidden, key=keys[2]), eqx.nn.Linear(hidden, width, key=keys[3])
+        self.modulation = eqx.nn.Linear(width, 6 * width, key=keys[4])
+        self.heads, self.approximate_gelu, self.eps = heads, gelu == "tanh", eps
+
+    def __call__(self, x, c):
+        shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(self.modulation(jax.nn.silu(c)), 6)
+        n, w = x.shape
+        q, k, v = tokens(self.qkv, modulate(layer_norm(x, self.eps), shift1, scale1)).reshape(n, 3, self.heads, -1) \
+            .transpose(1, 0, 2, 3)
+        x = x + gate1 * tokens(self.proj, attention(q, k, v).reshape(n, w))
+        h = jax.nn.gelu(tokens(self.fc1, modulate(layer_norm(x, self.eps), shift2, scale2)),
+                        approximate=self.approximate_gelu)
+        return x + gate2 * tokens(self.fc2, h)
+
+
+class PatchEmbed(eqx.Module):
+    weight: jax.Array
+    bias: jax.Array
+    patch: int = eqx.field(static=True)
+
+    def __init__(self, channels, width, patch, *, key):
+        conv = eqx.nn.Conv2d(channels, width, kernel_size=patch, stride=patch, key=key)
+        self.weight, self.bias, self.patch = conv.weight, conv.bias.reshape(-1), patch
+
+    def __call__(self, x):
+        c, h, w = x.shape
+        p = self.patch
+        patches = x.reshape(c, h // p, p, w // p, p).transpose(1, 3, 0, 2, 4).reshape((h // p) * (w // p), -1)
+        return patches @ self.weight.reshape(self.weight.shape[0], -1).T + self.bias
+
+
+class DiT(eqx.Module):
+    x_embedder: PatchEmbed
+    t_embedder: TimeEmbedder
+    r_embedder: TimeEmbedder
+    y_embedder: eqx.nn.Embedding | None
+    blocks: list
+    final_modulation: eqx.nn.Linear
+    final: eqx.nn.Linear
+    options: object = eqx.field(static=True)
+    spec: object = eqx.field(static=True)
+
+    def __init__(self, options, spec, *, key):
+        self.options, self.spec = options, spec
+        channels, _, _ = check_image_spec(options, spec)
+        w, p, depth = options.resolved_width, options.patch, options.resolved_depth
+        keys = jax.random.split(key, depth + 6)
+        self.x_embedder = PatchEmbed(channels, w, p, key=keys[0])
+        self.t_embedder = TimeEmbedder(w, options.frequency_dim, options.time_scale, key=keys[1])
+        self.r_embedder = TimeEmbedder(w, options.frequency_dim, options.time_scale, key=keys[2])
+        self.y_embedder = eqx.nn.Embedding(spec.num_classes + 1, w, key=keys[3]) if spec.conditional else None
+        self.blocks = [Block(w, options.resolved_heads, options.mlp_ratio, options.gelu, options.norm_eps, key=k)
+                       for k in keys[6:]]
+        zero = lambda layer: eqx.tree_at(lambda m: (m.weight, m.bias), layer,  # noqa: E731
+                                         (jnp.zeros_like(layer.weight), jnp.zeros_like(layer.bias)))
+        self.blocks = [eqx.tree_at(lambda b: b.modulation, b, zero(b.modulation)) for b in self.blocks]
+        self.final_modulation = zero(eqx.nn.Linear(w, 2 * w, key=keys[4]))
+        self.final = zero(eqx.nn.Linear(w, p * p * channels, key=keys[5]))
+
+    def __call__(self, x, t, r, y=None, *, key=None):
+        o, p = self.options, self.options.patch
+        channels, height, width = x.shape
+        h = self.x_embedder(x) + jnp.asarray(position_embedding(o.resolved_width, height // p), x.dtype)
+        c = self.t_embedder(t) + self.r_embedder(second_time(t, r, o.time_inputs))
+        if self.y_embedder is not None:
+            c = c + self.y_embedder(self.spec.num_classes if y is None else y)
+        for block in self.blocks:
+            h = block(h, c)
+        shift, scale = jnp.split(self.final_modulation(jax.nn.silu(c)), 2)
+        h = tokens(self.final, modulate(layer_norm(h, o.norm_eps), shift, scale))
+        h = h.reshape(height // p, width // p, p, p, channels)
+        return jnp.einsum("hwpqc->chpwq", h).reshape(channels, height, width)
