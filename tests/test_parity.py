@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from backend_arrays import build_backbone
 from toolkit.interfaces import DataSpec
+from toolkit.plugins.dit import DiTOptions
+from toolkit.plugins.mlp import MLPOptions
 from toolkit.plugins.flow_matching import FlowMatchingOptions
 from toolkit.plugins.meanflow import Guidance, MeanFlowOptions
 from toolkit.plugins.splitmeanflow import SplitMeanFlowOptions
@@ -22,36 +25,43 @@ def max_rel(a, b) -> float:
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
 
 
-def build_pair(num_classes: int):
-    import equinox as eqx
+BACKBONES = {
+    "mlp": (MLPOptions(hidden=32, depth=2, time_embed_dim=16), (2,)),
+    "dit": (DiTOptions(depth=2, width=32, heads=4), (4, 8, 8)),
+}
 
+
+def build_pair(backbone: str, num_classes: int):
+    """The same weights in both backends; DiT's zero-initialised layers are perturbed so
+    that every parameter takes part."""
     from toolkit.backends.jax.weights import load_named_arrays, named_arrays
-    from toolkit.plugins.mlp import MLPOptions
 
-    registry = get_registry()
-    spec = DataSpec((2,), num_classes)
-    options = MLPOptions(hidden=32, depth=2, time_embed_dim=16)
-    torch.manual_seed(0)
-    torch_model = registry.load("backbone", "mlp", "torch")(options, spec).double()
-    jax_model = registry.load("backbone", "mlp", "jax")(options, spec, key=jax.random.PRNGKey(1))
-    jax_model = jax.tree_util.tree_map(lambda a: a.astype("float64") if eqx.is_inexact_array(a) else a, jax_model)
+    options, shape = BACKBONES[backbone]
+    spec = DataSpec(shape, num_classes)
+    torch_model = build_backbone("torch", backbone, options, spec)
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(0)
+        for parameter in torch_model.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
+    jax_model = build_backbone("jax", backbone, options, spec, seed=1)
     torch_weights = {k: v.numpy() for k, v in torch_model.state_dict().items()}
-    assert {k: v.shape for k, v in named_arrays(jax_model).items()} == {k: v.shape for k, v in torch_weights.items()}
+    assert {k: v.size for k, v in named_arrays(jax_model).items()} == {k: v.size for k, v in torch_weights.items()}
     return spec, torch_model, load_named_arrays(jax_model, torch_weights)
 
 
-def inputs(spec, n=16, seed=0):
+def inputs(spec, n=6, seed=0):
     rng = np.random.default_rng(seed)
     t = rng.random(n)
-    return {"x": rng.standard_normal((n, 2)), "t": t, "r": t * rng.random(n),
+    return {"x": rng.standard_normal((n, *spec.shape)), "t": t, "r": t * rng.random(n),
             "y": rng.integers(0, spec.num_classes, n) if spec.conditional else None,
-            "noise": rng.standard_normal((n, 2)), "drop": rng.random(n) < 0.3}
+            "noise": rng.standard_normal((n, *spec.shape)), "drop": rng.random(n) < 0.3}
 
 
 @pytest.mark.parametrize("num_classes", [0, 8])
-def test_mlp_outputs_agree(num_classes):
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_backbone_outputs_agree(backbone, num_classes):
     with jax.enable_x64(True):
-        spec, torch_model, jax_model = build_pair(num_classes)
+        spec, torch_model, jax_model = build_pair(backbone, num_classes)
         a = inputs(spec)
         as_torch = {k: (torch.from_numpy(v) if v is not None else None) for k, v in a.items()}
         expected = torch_model(as_torch["x"], as_torch["t"], as_torch["r"], as_torch["y"]).detach().numpy()
@@ -71,15 +81,16 @@ OBJECTIVES = {
 
 
 @pytest.mark.parametrize("num_classes", [0, 8])
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
-def test_objective_loss_and_gradients_agree(name, num_classes):
+def test_objective_loss_and_gradients_agree(name, backbone, num_classes):
     import equinox as eqx
 
     from toolkit.backends.jax.weights import named_arrays
 
     registry = get_registry()
     with jax.enable_x64(True):
-        spec, torch_model, jax_model = build_pair(num_classes)
+        spec, torch_model, jax_model = build_pair(backbone, num_classes)
         options = OBJECTIVES[name]
         a = inputs(spec, seed=1)
         draws = options.draw(np.random.default_rng(2), len(a["x"]), 0, spec)

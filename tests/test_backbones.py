@@ -1,0 +1,92 @@
+"""Backbones: shapes, conditioning, and the DiT sizes' parameter counts, in each backend."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from backend_arrays import build_backbone, call_backbone, float64, to_backend, to_numpy
+from toolkit.interfaces import DataSpec
+from toolkit.plugins.dit import DiTOptions
+from toolkit.plugins.mlp import MLPOptions
+
+# Parameters of DiT at 256x256 (32x32x4 latents, 1000 classes) with MeanFlow's second time
+# embedder: the MeanFlow paper reports B/2 131M, L/2 459M, XL/2 676M (DiT's own table,
+# with one time embedder: 130M, 458M, 675M).
+EXPECTED_MILLIONS = {"S": 33.1, "B": 131.1, "L": 459.1, "XL": 676.4}
+LATENTS = DataSpec((4, 32, 32), 1000)
+
+
+def parameter_count(backend, options, spec) -> int:
+    if backend == "torch":
+        import torch
+
+        from toolkit.plugins.dit.torch import DiT
+
+        with torch.device("meta"):  # shapes only: XL/2 would need 2.7 GB
+            return sum(p.numel() for p in DiT(options, spec).parameters())
+    import equinox as eqx
+    import jax
+
+    from toolkit.plugins.dit.jax import DiT
+
+    shapes = eqx.filter_eval_shape(DiT, options, spec, key=jax.random.PRNGKey(0))
+    return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(shapes) if hasattr(leaf, "shape"))
+
+
+@pytest.mark.parametrize("size", sorted(EXPECTED_MILLIONS))
+def test_dit_sizes_have_the_papers_parameter_counts(backend, size):
+    count = parameter_count(backend, DiTOptions(size=size), LATENTS)
+    assert count / 1e6 == pytest.approx(EXPECTED_MILLIONS[size], abs=0.05)
+
+
+CASES = {"mlp": (MLPOptions(hidden=16, depth=2, time_embed_dim=8), (2,)),
+         "dit": (DiTOptions(depth=1, width=16, heads=2), (3, 8, 8))}
+
+
+def perturbed(backend, model, scale=0.1):
+    """The model with noise added to every weight (so zero-initialised layers take part)."""
+    if backend == "torch":
+        import torch
+
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(scale * torch.randn_like(parameter))
+        return model
+    import equinox as eqx
+    import jax
+
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(0), len(leaves))
+    noisy = [leaf + scale * jax.random.normal(k, leaf.shape, leaf.dtype) for leaf, k in zip(leaves, keys)]
+    return eqx.combine(jax.tree_util.tree_unflatten(treedef, noisy), static)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_backbone_shapes_and_conditioning(backend, name):
+    options, shape = CASES[name]
+    rng = np.random.default_rng(0)
+    x, t = rng.standard_normal((4, *shape)), rng.random(4)
+    with float64(backend):
+        model = build_backbone(backend, name, options, DataSpec(shape, 3))
+        if name == "dit":  # adaLN-Zero: the output is exactly zero at initialisation
+            assert not to_numpy(call_backbone(backend, model, *(to_backend(backend, a) for a in (x, t, t)))).any()
+        model = perturbed(backend, model)
+
+        def u(y, r=0 * t):
+            return to_numpy(call_backbone(backend, model, *(to_backend(backend, a) for a in (x, t, r, y))))
+
+        unconditional = u(None)
+        assert unconditional.shape == x.shape
+        np.testing.assert_array_equal(unconditional, u(np.full(4, 3)))  # y=None is the null class, index 3
+        assert not np.allclose(unconditional, u(np.zeros(4, int)))  # the label is seen
+        assert not np.allclose(unconditional, u(None, r=t))  # and so is the second time
+
+
+def test_dit_rejects_data_the_patch_does_not_divide():
+    with pytest.raises(ValueError, match=r"DiT needs \(channels, height, width\) data divisible by patch 2, "
+                                         r"got shape \(3, 7, 8\)"):
+        build_backbone("torch", "dit", DiTOptions(depth=1, width=16, heads=2), DataSpec((3, 7, 8)))
