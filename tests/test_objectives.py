@@ -114,7 +114,7 @@ def test_meanflow_weight_and_stop_gradient(backend):
     x, _, draws, noise = batch(n=32)
     with float64(backend):
         model = build_backbone(backend, "mlp", MLPOptions(hidden=16, depth=2, time_embed_dim=8), SPEC)
-        mf = objective(backend, "meanflow", MeanFlowOptions(weight_power=p, weight_eps=c))
+        mf = objective(backend, "meanflow", MeanFlowOptions(ratio=0.75, weight_power=p, weight_eps=c))
         args = [to_backend(backend, x), None, {k: to_backend(backend, v) for k, v in draws.items()},
                 to_backend(backend, noise)]
         t, r = draws["t"], draws["r"]

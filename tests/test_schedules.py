@@ -106,3 +106,13 @@ def test_a_run_with_the_curriculum(backend, tmp_path):
                                                            "schedule.mode=resample"], registry, backend=backend)
     results = train(config, backend, registry, out_dir=tmp_path)
     assert np.isfinite(results["sliced_wasserstein"])
+
+
+@pytest.mark.parametrize("mode", ["weight", "resample"])
+def test_the_curriculum_keeps_the_layout_of_the_draws(mode):
+    """Objectives take the JVP only on the leading slice of pairs that may have r < t."""
+    schedule = curriculum(mode=mode, v_time=TimeDistribution("uniform"))
+    for step in (0, T // 2, T):
+        d = draws_at(schedule, step, n=512)
+        k = OBJECTIVE.averaged(512)
+        assert (d["r"][k:] == d["t"][k:]).all() and (d["r"][:k] < d["t"][:k]).all()

@@ -31,7 +31,7 @@ def loss_and_grads(objective, model, args, **target_options):
     model.zero_grad()
     if target_options:
         original = objective.target
-        objective.target = lambda *a: original(*a, **target_options)
+        objective.target = lambda *a, **k: original(*a, **k, **target_options)
     loss, _ = objective.loss(model, *args)
     loss.backward()
     return loss.item(), [p.grad.clone() for p in model.parameters()]

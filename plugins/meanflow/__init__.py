@@ -27,17 +27,25 @@ from toolkit.timesteps import TimeDistribution
 PAPER_TIME = TimeDistribution("logit_normal", -0.4, 1.0)
 
 
+def averaged_count(ratio: float, batch_size: int) -> int:
+    """How many pairs of a batch have r drawn below t: ``round(ratio * batch_size)``."""
+    return int(round(ratio * batch_size))
+
+
 def draw_time_pairs(rng: np.random.Generator, n: int, time: TimeDistribution, r_time: TimeDistribution | None,
                     pairing: str, ratio: float) -> tuple[np.ndarray, np.ndarray]:
-    """(t, r) with r <= t; a fraction ``ratio`` of the pairs has r != t, the rest r = t.
+    """(t, r) with r <= t. The first ``averaged_count(ratio, n)`` pairs have r drawn below t
+    (a fixed share, as in the authors' JAX code), the rest r = t.
 
+    The layout is part of the contract: objectives take the JVP (or the extra forward
+    passes) only on that leading slice, whose size is static, since r = t needs neither.
     ``sorted`` (the paper): draw two times, t = max, r = min. ``clipped`` (the authors'
     later CIFAR sampler): t ~ ``time``, r ~ ``r_time``, r = min(r, t).
     """
     a = time.sample(rng, n)
     b = (r_time or time).sample(rng, n)
     t, r = (np.maximum(a, b), np.minimum(a, b)) if pairing == "sorted" else (a, np.minimum(a, b))
-    return t, np.where(rng.random(n) < ratio, r, t)
+    return t, np.where(np.arange(n) < averaged_count(ratio, n), r, t)
 
 
 @attrs.frozen
@@ -84,6 +92,10 @@ class AverageVelocityOptions:
     weight_power: float = attrs.field(default=1.0, validator=non_negative)
     weight_eps: float = attrs.field(default=1e-3, validator=positive)
     label_dropout: float = attrs.field(default=0.1, validator=probability)
+
+    def averaged(self, batch_size: int) -> int:
+        """The size of the leading slice of a batch whose pairs may have r < t."""
+        return averaged_count(self.ratio, batch_size)
 
     def draw(self, rng: np.random.Generator, batch_size: int, step: int, spec: DataSpec) -> dict[str, np.ndarray]:
         t, r = draw_time_pairs(rng, batch_size, self.time, self.r_time, self.pairing, self.ratio)

@@ -25,17 +25,29 @@ class MeanFlow:
         applies = (t >= g.t_min) & (t <= g.t_max) & ~drop
         return jnp.where(expand(applies, v), guided, v)
 
-    def target(self, model, z, t, r, y, v):
-        """``(u, sg(u_tgt))``: the JVP's primal output is the prediction itself."""
-        u, dudt = jax.jvp(lambda z_, t_, r_: batched(model)(z_, t_, r_, y), (z, t, r),
-                          (v, jnp.ones_like(t), jnp.zeros_like(r)))
-        return u, jax.lax.stop_gradient(v - expand(t - r, v) * dudt)
+    def target(self, model, z, t, r, y, v, averaged: int | None = None):
+        """``(u, sg(u_tgt))``: the JVP's primal output is the prediction itself. Only the
+        leading ``averaged`` pairs (all by default) can have r < t and need the JVP; the rest
+        take a plain forward and the target v."""
+        n = len(t) if averaged is None else averaged
+        head = lambda a: None if a is None else a[:n]  # noqa: E731
+        tail = lambda a: None if a is None else a[n:]  # noqa: E731
+        if n == 0:
+            return batched(model)(z, t, r, y), v
+        u, dudt = jax.jvp(lambda z_, t_, r_: batched(model)(z_, t_, r_, head(y)), (z[:n], t[:n], r[:n]),
+                          (v[:n], jnp.ones_like(t[:n]), jnp.zeros_like(r[:n])))
+        target = v[:n] - expand(t[:n] - r[:n], v) * dudt
+        if n < len(t):
+            u = jnp.concatenate([u, batched(model)(z[n:], t[n:], r[n:], tail(y))])
+            target = jnp.concatenate([target, v[n:]])
+        return u, jax.lax.stop_gradient(target)
 
     def loss(self, model, x, y, draws, noise):
         o = self.options
         t, r, drop = draws["t"], draws["r"], draws["drop"]
         z, v = interpolate(x, noise, t)
         v = self.guided_velocity(model, z, v, t, y, drop)
-        u, u_tgt = self.target(model, z, t, r, with_null_labels(y, drop, self.spec.num_classes), v)
+        u, u_tgt = self.target(model, z, t, r, with_null_labels(y, drop, self.spec.num_classes), v,
+                               averaged=o.averaged(len(t)))
         error = per_example_sum((u - u_tgt) ** 2)
         return average_velocity_loss(error, draws, o.weight_power, o.weight_eps)

@@ -14,20 +14,23 @@ class SplitMeanFlow:
     def __init__(self, options, spec):
         self.options, self.spec = options, spec
 
-    def target(self, model, z, t, r, y, v, lam):
-        """sg(lam u(z_s, r, s) + (1 - lam) u(z_t, s, t)), and v where r = t."""
-        s = r + lam * (t - r)
-        u_st = batched(model)(z, t, s, y)
-        z_s = z - expand(t - s, z) * u_st
-        u_rs = batched(model)(z_s, s, r, y)
-        lam_ = expand(lam, z)
-        return jax.lax.stop_gradient(jnp.where(expand(r == t, z), v, lam_ * u_rs + (1 - lam_) * u_st))
+    def target(self, model, z, t, r, y, v, lam, averaged: int | None = None):
+        """sg(lam u(z_s, r, s) + (1 - lam) u(z_t, s, t)), and v where r = t. Only the leading
+        ``averaged`` pairs (all by default) can have r < t and take the extra forward passes."""
+        n = len(t) if averaged is None else averaged
+        z_, t_, r_, v_, lam_ = z[:n], t[:n], r[:n], v[:n], expand(lam[:n], z)
+        y_ = None if y is None else y[:n]
+        s = r_ + lam[:n] * (t_ - r_)
+        u_st = batched(model)(z_, t_, s, y_)
+        u_rs = batched(model)(z_ - expand(t_ - s, z) * u_st, s, r_, y_)
+        split = jnp.where(expand(r_ == t_, z), v_, lam_ * u_rs + (1 - lam_) * u_st)
+        return jax.lax.stop_gradient(jnp.concatenate([split, v[n:]]))
 
     def loss(self, model, x, y, draws, noise):
         o = self.options
         t, r, drop = draws["t"], draws["r"], draws["drop"]
         z, v = interpolate(x, noise, t)
         y = with_null_labels(y, drop, self.spec.num_classes)
-        u_tgt = self.target(model, z, t, r, y, v, draws["lam"])
+        u_tgt = self.target(model, z, t, r, y, v, draws["lam"], averaged=o.averaged(len(t)))
         error = per_example_sum((batched(model)(z, t, r, y) - u_tgt) ** 2)
         return average_velocity_loss(error, draws, o.weight_power, o.weight_eps)
