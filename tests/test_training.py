@@ -136,3 +136,9 @@ def test_meanflow_learns_one_step_sampling(backend, tmp_path):
                       config=CONFIGS / "meanflow_toy2d.yaml")
     assert results["nfe"] == 1
     assert results["sliced_wasserstein"] < 0.4 * results["sliced_wasserstein_of_noise"], results
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_shipped_config_validates_and_runs(backend, tmp_path, config):
+    results = toy_run(backend, tmp_path, "run.steps=3", "eval.num_samples=64", config=CONFIGS / config)
+    assert results["step"] == 3 and all(np.isfinite(v) for v in results.values())

@@ -4,8 +4,8 @@
 ``torch.func.jvp`` it raises NotImplementedError: SPEC.md section 7). :func:`attention`
 uses the fused kernel for ordinary forward and backward passes and the explicit formula
 ``softmax(q k^T / sqrt(d)) v`` while a JVP is being taken: inside :func:`forward_mode`
-(which :func:`toolkit.backends.torch.jvp.jvp` enters) or when given dual tensors. Under
-``torch.compile`` it is always the explicit formula, which the compiler fuses.
+(which :func:`toolkit.backends.torch.jvp.jvp` enters, compiled or not) or when given dual
+tensors.
 """
 
 from __future__ import annotations
@@ -44,6 +44,6 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """(B, heads, tokens, head_dim) x3 -> (B, heads, tokens, head_dim)."""
-    if torch.compiler.is_compiling() or _forward_mode_depth or forward_ad.unpack_dual(q).tangent is not None:
-        return explicit_attention(q, k, v)  # compiled code: the compiler fuses this itself
+    if _forward_mode_depth or forward_ad.unpack_dual(q).tangent is not None:
+        return explicit_attention(q, k, v)
     return F.scaled_dot_product_attention(q, k, v)

@@ -33,8 +33,7 @@ def jvp(fn: Callable, primals: Sequence[torch.Tensor], tangents: Sequence[torch.
     through a ``DistributedDataParallel`` wrapper (``torch.func.jvp`` does not: SPEC.md
     section 7). Both give the same numbers. Attention inside ``fn`` takes its JVP-capable path.
     """
-    # Entering a context breaks a torch.compile graph; compiled attention needs none.
-    with contextlib.nullcontext() if torch.compiler.is_compiling() else forward_mode():
+    with forward_mode():
         if (mode or _mode) == "func":
             return torch.func.jvp(fn, tuple(primals), tuple(tangents))
         return _dual_jvp(fn, primals, tangents)
