@@ -260,10 +260,10 @@ def test_a_trained_model_approaches_the_exact_field(backend, name, tmp_path):
 
     registry = get_registry()
     config = load_config(CONFIGS / "meanflow_toy2d.yaml", [
-        f"objective.name={name}", "objective.ratio=0.5", "data.name=gaussian", "run.steps=1500",
+        f"objective.name={name}", "objective.ratio=0.5", "data.name=gaussian", "run.steps=3000",
         "eval.num_samples=500", "logging.progress=false"], registry, backend=backend)
     train(config, backend, registry, out_dir=tmp_path)
-    arrays, _ = load_checkpoint(tmp_path / "checkpoints" / "step_00001500.safetensors")
+    arrays, _ = load_checkpoint(tmp_path / "checkpoints" / "step_00003000.safetensors")
     rng = np.random.default_rng(0)
     t = rng.uniform(0.05, 1.0, 2000)
     r = t * rng.random(2000)
@@ -280,7 +280,8 @@ def test_a_trained_model_approaches_the_exact_field(backend, name, tmp_path):
             model = load_named_arrays(model, {k[len("model."):]: v for k, v in arrays.items()})
         u = to_numpy(call_backbone(backend, model, *(to_backend(backend, a) for a in (z, t, r))))
     exact = exact_average_velocity(z, t[:, None], r[:, None], MEAN, STD, np)
+    # Relative to the field itself (an untrained network predicts about 0, error 1). Torch
+    # MeanFlow measured 0.086 at 1500 steps and 0.072 at 3000; 0.22 with a too coarse time
+    # embedding (time_scale 1).
     relative = np.linalg.norm(u - exact) / np.linalg.norm(exact)
-    untrained = np.linalg.norm(exact)  # an untrained network predicts about 0
-    assert relative < 0.1, relative
-    assert np.linalg.norm(u - exact) < 0.1 * untrained
+    assert relative < 0.15, relative
