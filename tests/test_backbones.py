@@ -90,3 +90,20 @@ def test_dit_rejects_data_the_patch_does_not_divide():
     with pytest.raises(ValueError, match=r"DiT needs \(channels, height, width\) data divisible by patch 2, "
                                          r"got shape \(3, 7, 8\)"):
         build_backbone("torch", "dit", DiTOptions(depth=1, width=16, heads=2), DataSpec((3, 7, 8)))
+
+
+def test_dit_starts_from_the_same_initialisation_in_both_backends():
+    """Not the same numbers (each backend draws its own), the same distributions: DiT's
+    Xavier-uniform linears, N(0, 0.02) embeddings, zero adaLN-Zero layers and biases."""
+    from toolkit.backends.jax.weights import named_arrays
+
+    options, spec = DiTOptions(depth=2, width=64, heads=4), DataSpec((4, 8, 8), 10)
+    torch_weights = {k: v.detach().numpy() for k, v in build_backbone("torch", "dit", options, spec).state_dict().items()}
+    jax_weights = named_arrays(build_backbone("jax", "dit", options, spec))
+    assert set(torch_weights) == set(jax_weights)
+    for name, a in torch_weights.items():
+        b = jax_weights[name].reshape(a.shape)
+        assert (a == 0).all() == (b == 0).all(), name
+        if a.ndim >= 2 and not (a == 0).all():
+            assert b.std() == pytest.approx(a.std(), rel=0.15), name
+            assert np.abs(b).max() <= np.abs(a).max() * 1.2 + 0.1, name

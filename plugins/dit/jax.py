@@ -26,6 +26,27 @@ def tokens(linear, x):
     return jax.vmap(linear)(x)
 
 
+# DiT's initialisation, as in the torch module: Xavier-uniform linears with zero biases, N(0, 0.02)
+# time and class embeddings, zero adaLN modulation and output (adaLN-Zero).
+def xavier_linear(fan_in, fan_out, key):
+    bound = (6.0 / (fan_in + fan_out)) ** 0.5
+    layer = eqx.nn.Linear(fan_in, fan_out, key=key)
+    return eqx.tree_at(lambda m: (m.weight, m.bias), layer,
+                       (jax.random.uniform(key, (fan_out, fan_in), minval=-bound, maxval=bound),
+                        jnp.zeros(fan_out)))
+
+
+def normal_linear(fan_in, fan_out, key, std=0.02):
+    layer = eqx.nn.Linear(fan_in, fan_out, key=key)
+    return eqx.tree_at(lambda m: (m.weight, m.bias), layer,
+                       (std * jax.random.normal(key, (fan_out, fan_in)), jnp.zeros(fan_out)))
+
+
+def zero_linear(fan_in, fan_out):
+    layer = eqx.nn.Linear(fan_in, fan_out, key=jax.random.PRNGKey(0))
+    return eqx.tree_at(lambda m: (m.weight, m.bias), layer, (jnp.zeros((fan_out, fan_in)), jnp.zeros(fan_out)))
+
+
 class TimeEmbedder(eqx.Module):
     fc1: eqx.nn.Linear
     fc2: eqx.nn.Linear
@@ -34,7 +55,7 @@ class TimeEmbedder(eqx.Module):
 
     def __init__(self, width, frequency_dim, scale, *, key):
         k1, k2 = jax.random.split(key)
-        self.fc1, self.fc2 = eqx.nn.Linear(frequency_dim, width, key=k1), eqx.nn.Linear(width, width, key=k2)
+        self.fc1, self.fc2 = normal_linear(frequency_dim, width, k1), normal_linear(width, width, k2)
         self.frequency_dim, self.scale = frequency_dim, scale
 
     def __call__(self, t):
@@ -52,11 +73,11 @@ class Block(eqx.Module):
     eps: float = eqx.field(static=True)
 
     def __init__(self, width, heads, mlp_ratio, gelu, eps, *, key):
-        keys = jax.random.split(key, 5)
+        keys = jax.random.split(key, 4)
         hidden = int(width * mlp_ratio)
-        self.qkv, self.proj = eqx.nn.Linear(width, 3 * width, key=keys[0]), eqx.nn.Linear(width, width, key=keys[1])
-        self.fc1, self.fc2 = eqx.nn.Linear(width, hidden, key=keys[2]), eqx.nn.Linear(hidden, width, key=keys[3])
-        self.modulation = eqx.nn.Linear(width, 6 * width, key=keys[4])
+        self.qkv, self.proj = xavier_linear(width, 3 * width, keys[0]), xavier_linear(width, width, keys[1])
+        self.fc1, self.fc2 = xavier_linear(width, hidden, keys[2]), xavier_linear(hidden, width, keys[3])
+        self.modulation = zero_linear(width, 6 * width)
         self.heads, self.approximate_gelu, self.eps = heads, gelu == "tanh", eps
 
     def __call__(self, x, c):
@@ -76,8 +97,9 @@ class PatchEmbed(eqx.Module):
     patch: int = eqx.field(static=True)
 
     def __init__(self, channels, width, patch, *, key):
-        conv = eqx.nn.Conv2d(channels, width, kernel_size=patch, stride=patch, key=key)
-        self.weight, self.bias, self.patch = conv.weight, conv.bias.reshape(-1), patch
+        # the (out, in, p, p) weight of a strided convolution, Xavier-initialised on its flat view
+        self.weight = xavier_linear(channels * patch * patch, width, key).weight.reshape(width, channels, patch, patch)
+        self.bias, self.patch = jnp.zeros(width), patch
 
     def __call__(self, x):
         c, h, w = x.shape
@@ -105,14 +127,12 @@ class DiT(eqx.Module):
         self.x_embedder = PatchEmbed(channels, w, p, key=keys[0])
         self.t_embedder = TimeEmbedder(w, options.frequency_dim, options.time_scale, key=keys[1])
         self.r_embedder = TimeEmbedder(w, options.frequency_dim, options.time_scale, key=keys[2])
-        self.y_embedder = eqx.nn.Embedding(spec.num_classes + 1, w, key=keys[3]) if spec.conditional else None
+        self.y_embedder = (eqx.nn.Embedding(weight=0.02 * jax.random.normal(keys[3], (spec.num_classes + 1, w)))
+                           if spec.conditional else None)
         self.blocks = [Block(w, options.resolved_heads, options.mlp_ratio, options.gelu, options.norm_eps, key=k)
                        for k in keys[6:]]
-        zero = lambda layer: eqx.tree_at(lambda m: (m.weight, m.bias), layer,  # noqa: E731
-                                         (jnp.zeros_like(layer.weight), jnp.zeros_like(layer.bias)))
-        self.blocks = [eqx.tree_at(lambda b: b.modulation, b, zero(b.modulation)) for b in self.blocks]
-        self.final_modulation = zero(eqx.nn.Linear(w, 2 * w, key=keys[4]))
-        self.final = zero(eqx.nn.Linear(w, p * p * channels, key=keys[5]))
+        self.final_modulation = zero_linear(w, 2 * w)
+        self.final = zero_linear(w, p * p * channels)
 
     def __call__(self, x, t, r, y=None, *, key=None):
         o, p = self.options, self.options.patch
