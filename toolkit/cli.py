@@ -80,6 +80,41 @@ def plugins(as_json):
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
+@cli.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
+@click.option("--backends", default="torch,jax", show_default=True, help="REFERENCE,OTHER")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of objects (component, quantity, max_abs, "
+                                                     "max_rel, tol, ok).")
+def parity(config_path, dtype, backends, overrides, as_json):
+    """Check that two backends give the same numbers for the components of CONFIG.
+
+    Exits 1 when any quantity is outside its tolerance (float64 1e-10, float32 1e-5, relative)."""
+    from toolkit.config import load_config
+    from toolkit.parity import format_table, run_parity
+
+    registry = _registry()
+    _warn_problems(registry)
+    pair = tuple(b.strip() for b in backends.split(","))
+    if len(pair) != 2:
+        raise click.BadParameter(f"expected two backends REFERENCE,OTHER, got {backends!r}", param_hint="--backends")
+    for backend in pair:
+        registry.get("backend", backend)
+    config = load_config(config_path, overrides, registry)
+    rows = run_parity(config, registry, pair, dtype)
+    if as_json:
+        click.echo(json.dumps([row.as_dict() for row in rows], indent=2))
+    else:
+        click.echo(format_table(rows))
+    failed = [row for row in rows if not row.ok]
+    if failed:
+        click.echo(f"toolkit: parity failed for {len(failed)} of {len(rows)} quantities, first: "
+                   f"{failed[0].component}: {failed[0].quantity}", err=True)
+        return 1
+    return 0
+
+
 @cli.group()
 def config():
     """Inspect run configs."""

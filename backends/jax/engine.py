@@ -36,8 +36,7 @@ class JaxEngine:
         self._call = eqx.filter_jit(lambda m, z, t, r, y: jax.vmap(m)(z, t, r, y))
 
     def _make_step(self, clip):
-        def step(model, opt_state, x, y, draws, key, lr):
-            noise = jax.random.normal(key, x.shape, x.dtype)
+        def step(model, opt_state, x, y, draws, noise, lr):
             loss_fn = lambda m: self.objective.loss(m, x, y, draws, noise)  # noqa: E731
             (loss, parts), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model)
             grad_norm = optax.tree.norm(grads)
@@ -55,11 +54,33 @@ class JaxEngine:
             return None
         return jnp.asarray(array, dtype=self.dtype if np.issubdtype(array.dtype, np.floating) else None)
 
-    def train_step(self, batch, draws, lr):
+    def _noise(self, shape, noise):
+        if noise is not None:
+            return self.array(noise)
         self.key, key = jax.random.split(self.key)
+        return jax.random.normal(key, shape, self.dtype)
+
+    def gradients(self, batch, draws, noise):
+        x, y = self.array(batch.x), self.array(batch.y)
+        loss_fn = lambda m: self.objective.loss(m, x, y, {k: self.array(v) for k, v in draws.items()},  # noqa: E731
+                                                self._noise(x.shape, noise))
+        (loss, parts), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(self.model)
+        return float(loss), {k: float(v) for k, v in parts.items()}, named_arrays(grads)
+
+    def predict(self, x, t, r, y=None):
+        return np.asarray(self._call(self.model, *(self.array(a) for a in (x, t, r, y))))
+
+    def jvp(self, x, t, r, y, v):
+        x, t, r, y, v = (self.array(a) for a in (x, t, r, y, v))
+        u, dudt = jax.jvp(lambda x_, t_, r_: jax.vmap(self.model)(x_, t_, r_, y), (x, t, r),
+                          (v, jnp.ones_like(t), jnp.zeros_like(r)))
+        return np.asarray(u), np.asarray(dudt)
+
+    def train_step(self, batch, draws, lr, noise=None):
+        x = self.array(batch.x)
         model, opt_state, loss, grad_norm, parts = self._step(
-            self.model, self.opt_state, self.array(batch.x), self.array(batch.y),
-            {k: self.array(v) for k, v in draws.items()}, key, jnp.asarray(lr, self.dtype))
+            self.model, self.opt_state, x, self.array(batch.y),
+            {k: self.array(v) for k, v in draws.items()}, self._noise(x.shape, noise), jnp.asarray(lr, self.dtype))
         loss_value, grad_norm = float(loss), float(grad_norm)
         if not math.isfinite(loss_value) or not math.isfinite(grad_norm):
             # The new state is dropped: the model stays at the last finite step.

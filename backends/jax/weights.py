@@ -42,5 +42,5 @@ def load_named_arrays(model, arrays: Mapping[str, np.ndarray]):
         value = np.asarray(arrays[_name(path)])
         if value.size != leaf.size:
             raise ValueError(f"{_name(path)}: got shape {value.shape}, expected {leaf.shape}")
-        new.append(jax.numpy.asarray(value.reshape(leaf.shape), dtype=leaf.dtype))
+        new.append(jax.numpy.array(value.reshape(leaf.shape), dtype=leaf.dtype, copy=True))  # never alias
     return eqx.combine(jax.tree_util.tree_unflatten(treedef, new), static)

@@ -40,15 +40,37 @@ class TorchEngine:
         tensor = torch.from_numpy(np.ascontiguousarray(array))
         return tensor.to(self.dtype) if tensor.is_floating_point() else tensor
 
-    def train_step(self, batch, draws, lr):
+    def _backward(self, batch, draws, noise):
         x, y = self.tensor(batch.x), self.tensor(batch.y)
-        noise = torch.randn(x.shape, generator=self.generator, dtype=self.dtype)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        noise = torch.randn(x.shape, generator=self.generator, dtype=self.dtype) if noise is None else self.tensor(noise)
         with jvp_mode(self.options.jvp):
             loss, parts = self.loss_fn(x, y, {k: self.tensor(v) for k, v in draws.items()}, noise)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        return loss, parts
+
+    def gradients(self, batch, draws, noise):
+        loss, parts = self._backward(batch, draws, noise)
+        grads = {name: p.grad.detach().numpy().copy() for name, p in self.model.named_parameters()}
+        return float(loss.detach()), {k: float(v) for k, v in parts.items()}, grads
+
+    @torch.no_grad()
+    def predict(self, x, t, r, y=None):
+        return self.model(*(self.tensor(a) for a in (x, t, r, y))).numpy()
+
+    def jvp(self, x, t, r, y, v):
+        from toolkit.backends.torch.jvp import jvp
+
+        x, t, r, y, v = (self.tensor(a) for a in (x, t, r, y, v))
+        with torch.no_grad(), jvp_mode(self.options.jvp):
+            u, dudt = jvp(lambda x_, t_, r_: self.model(x_, t_, r_, y), (x, t, r),
+                          (v, torch.ones_like(t), torch.zeros_like(r)))
+        return u.numpy(), dudt.numpy()
+
+    def train_step(self, batch, draws, lr, noise=None):
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss, parts = self._backward(batch, draws, noise)
         clip = self.config.optimizer.grad_clip
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                                          clip if clip is not None else math.inf))
@@ -72,7 +94,9 @@ class TorchEngine:
             self.model.train()
 
     def state_arrays(self):
-        return {name: value.detach().cpu().numpy() for name, value in self.model.state_dict().items()}
+        # Copies: a view would change under the next in-place optimiser step (and JAX on the
+        # CPU may wrap NumPy memory without copying it).
+        return {name: value.detach().cpu().numpy().copy() for name, value in self.model.state_dict().items()}
 
     def load_state_arrays(self, arrays):
         state = self.model.state_dict()
