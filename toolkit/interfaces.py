@@ -149,15 +149,26 @@ class Engine(Protocol):
     engine through these calls, so logging, checkpoints and evaluation are written once.
     """
 
-    def train_step(self, batch: Batch, draws: Mapping[str, np.ndarray], lr: float) -> dict[str, float]:
+    def train_step(self, batch: Batch, draws: Mapping[str, np.ndarray], lr: float,
+                   noise: np.ndarray | None = None) -> dict[str, float]:
         """One optimiser step at learning rate ``lr``; returns ``loss``, ``grad_norm`` and
-        the objective's parts as floats."""
+        the objective's parts as floats. ``noise`` (B, *S) replaces the engine's own draw."""
+
+    def gradients(self, batch: Batch, draws: Mapping[str, np.ndarray],
+                  noise: np.ndarray) -> tuple[float, dict[str, float], dict[str, np.ndarray]]:
+        """``(loss, parts, {parameter name: gradient})`` without changing any state."""
+
+    def predict(self, x: np.ndarray, t: np.ndarray, r: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        """The backbone on a batch, without gradient."""
+
+    def jvp(self, x, t, r, y, v) -> tuple[np.ndarray, np.ndarray]:
+        """``(u, du)``: the backbone and its derivative along (x, t, r) -> (v, 1, 0)."""
 
     def sample(self, sampler: Sampler, noise: np.ndarray, y: np.ndarray | None) -> np.ndarray:
         """Run ``sampler`` on the current weights; NumPy in, NumPy out."""
 
     def state_arrays(self) -> dict[str, np.ndarray]:
-        """Named NumPy arrays of the weights, names shared across backends."""
+        """Named NumPy copies of the weights (never views), names shared across backends."""
 
     def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
         """Replace the weights with ``arrays`` (as produced by any backend's ``state_arrays``)."""
