@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from toolkit.backends.torch import TorchOptions
-from toolkit.backends.torch.jvp import jvp_mode
+from toolkit.backends.torch.jvp import jvp, jvp_mode
 from toolkit.errors import DivergenceError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -59,8 +59,6 @@ class TorchEngine:
         return self.model(*(self.tensor(a) for a in (x, t, r, y))).numpy()
 
     def jvp(self, x, t, r, y, v):
-        from toolkit.backends.torch.jvp import jvp
-
         x, t, r, y, v = (self.tensor(a) for a in (x, t, r, y, v))
         with torch.no_grad(), jvp_mode(self.options.jvp):
             u, dudt = jvp(lambda x_, t_, r_: self.model(x_, t_, r_, y), (x, t, r),
