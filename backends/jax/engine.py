@@ -35,10 +35,15 @@ class JaxEngine:
         self._step = eqx.filter_jit(self._make_step(o.grad_clip))
         self._call = eqx.filter_jit(lambda m, z, t, r, y: jax.vmap(m)(z, t, r, y))
 
+    def _loss_and_grads(self, model, x, y, draws, noise):
+        loss_fn = lambda m: self.objective.loss(m, x, y, draws, noise)  # noqa: E731
+        return eqx.filter_value_and_grad(loss_fn, has_aux=True)(model)
+
     def _make_step(self, clip):
-        def step(model, opt_state, x, y, draws, noise, lr):
-            loss_fn = lambda m: self.objective.loss(m, x, y, draws, noise)  # noqa: E731
-            (loss, parts), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model)
+        def step(model, opt_state, x, y, draws, key, noise, lr):
+            if noise is None:  # drawn inside the compiled step; injected noise (parity) is an array
+                noise = jax.random.normal(key, x.shape, x.dtype)
+            (loss, parts), grads = self._loss_and_grads(model, x, y, draws, noise)
             grad_norm = optax.tree.norm(grads)
             if clip is not None:  # the same rule as torch.nn.utils.clip_grad_norm_
                 scale = jnp.minimum(1.0, clip / (grad_norm + 1e-6))
@@ -54,17 +59,9 @@ class JaxEngine:
             return None
         return jnp.asarray(array, dtype=self.dtype if np.issubdtype(array.dtype, np.floating) else None)
 
-    def _noise(self, shape, noise):
-        if noise is not None:
-            return self.array(noise)
-        self.key, key = jax.random.split(self.key)
-        return jax.random.normal(key, shape, self.dtype)
-
     def gradients(self, batch, draws, noise):
-        x, y = self.array(batch.x), self.array(batch.y)
-        loss_fn = lambda m: self.objective.loss(m, x, y, {k: self.array(v) for k, v in draws.items()},  # noqa: E731
-                                                self._noise(x.shape, noise))
-        (loss, parts), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(self.model)
+        (loss, parts), grads = self._loss_and_grads(self.model, self.array(batch.x), self.array(batch.y),
+                                                    {k: self.array(v) for k, v in draws.items()}, self.array(noise))
         return float(loss), {k: float(v) for k, v in parts.items()}, named_arrays(grads)
 
     def predict(self, x, t, r, y=None):
@@ -77,10 +74,10 @@ class JaxEngine:
         return np.asarray(u), np.asarray(dudt)
 
     def train_step(self, batch, draws, lr, noise=None):
-        x = self.array(batch.x)
+        self.key, key = jax.random.split(self.key)
         model, opt_state, loss, grad_norm, parts = self._step(
-            self.model, self.opt_state, x, self.array(batch.y),
-            {k: self.array(v) for k, v in draws.items()}, self._noise(x.shape, noise), jnp.asarray(lr, self.dtype))
+            self.model, self.opt_state, self.array(batch.x), self.array(batch.y),
+            {k: self.array(v) for k, v in draws.items()}, key, self.array(noise), jnp.asarray(lr, self.dtype))
         loss_value, grad_norm = float(loss), float(grad_norm)
         if not math.isfinite(loss_value) or not math.isfinite(grad_norm):
             # The new state is dropped: the model stays at the last finite step.
