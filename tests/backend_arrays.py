@@ -84,3 +84,23 @@ def call_backbone(backend: str, model, x, t, r, y=None):
     import jax
 
     return jax.vmap(model)(x, t, r, y)
+
+
+def perturbed(backend: str, model, scale: float = 0.1, seed: int = 0):
+    """The model with noise added to every weight (so zero-initialised layers take part)."""
+    if backend == "torch":
+        import torch
+
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(scale * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
+        return model
+    import equinox as eqx
+    import jax
+
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    noisy = [leaf + scale * jax.random.normal(k, leaf.shape, leaf.dtype) for leaf, k in zip(leaves, keys)]
+    return eqx.combine(jax.tree_util.tree_unflatten(treedef, noisy), static)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from backend_arrays import build_backbone, call_backbone, float64, to_backend, to_numpy
+from backend_arrays import build_backbone, call_backbone, float64, perturbed, to_backend, to_numpy
 from toolkit.interfaces import DataSpec
 from toolkit.plugins.dit import DiTOptions
 from toolkit.plugins.mlp import MLPOptions
@@ -44,25 +44,6 @@ def test_dit_sizes_have_the_papers_parameter_counts(backend, size):
 
 CASES = {"mlp": (MLPOptions(hidden=16, depth=2, time_embed_dim=8), (2,)),
          "dit": (DiTOptions(depth=1, width=16, heads=2), (3, 8, 8))}
-
-
-def perturbed(backend, model, scale=0.1):
-    """The model with noise added to every weight (so zero-initialised layers take part)."""
-    if backend == "torch":
-        import torch
-
-        with torch.no_grad():
-            for parameter in model.parameters():
-                parameter.add_(scale * torch.randn_like(parameter))
-        return model
-    import equinox as eqx
-    import jax
-
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(0), len(leaves))
-    noisy = [leaf + scale * jax.random.normal(k, leaf.shape, leaf.dtype) for leaf, k in zip(leaves, keys)]
-    return eqx.combine(jax.tree_util.tree_unflatten(treedef, noisy), static)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from backend_arrays import build_backbone
+from backend_arrays import build_backbone, perturbed
 from toolkit.interfaces import DataSpec
+from toolkit.parity import compare
 from toolkit.plugins.dit import DiTOptions
 from toolkit.plugins.mlp import MLPOptions
 from toolkit.plugins.flow_matching import FlowMatchingOptions
@@ -20,9 +21,9 @@ from toolkit.registry import get_registry
 RTOL = 1e-10
 
 
-def max_rel(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+def max_rel(got, expected) -> float:
+    """The harness's relative error, against the torch reference ``expected``."""
+    return compare(expected, got)[1]
 
 
 BACKBONES = {
@@ -38,11 +39,7 @@ def build_pair(backbone: str, num_classes: int):
 
     options, shape = BACKBONES[backbone]
     spec = DataSpec(shape, num_classes)
-    torch_model = build_backbone("torch", backbone, options, spec)
-    with torch.no_grad():
-        generator = torch.Generator().manual_seed(0)
-        for parameter in torch_model.parameters():
-            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
+    torch_model = perturbed("torch", build_backbone("torch", backbone, options, spec), scale=0.05)
     jax_model = build_backbone("jax", backbone, options, spec, seed=1)
     torch_weights = {k: v.numpy() for k, v in torch_model.state_dict().items()}
     assert {k: v.size for k, v in named_arrays(jax_model).items()} == {k: v.size for k, v in torch_weights.items()}
