@@ -2,27 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 
-
-def to_backend(backend: str, array):
-    if array is None:
-        return None
-    if backend == "torch":
-        import torch
-
-        return torch.from_numpy(np.asarray(array))
-    import jax.numpy as jnp
-
-    return jnp.asarray(array)
-
-
-def to_numpy(array) -> np.ndarray:
-    if hasattr(array, "detach"):
-        array = array.detach()
-    return np.asarray(array)
+from toolkit.testing import float64, to_backend, to_numpy  # noqa: F401  (re-exported for the tests)
 
 
 def namespace(backend: str):
@@ -33,18 +15,6 @@ def namespace(backend: str):
     import jax.numpy as jnp
 
     return jnp
-
-
-@contextlib.contextmanager
-def float64(backend: str):
-    """float64 everywhere for the duration (jax needs x64 switched on)."""
-    if backend == "jax":
-        import jax
-
-        with jax.enable_x64(True):
-            yield
-    else:
-        yield
 
 
 def exact_model(backend: str, mean: float, std: float):

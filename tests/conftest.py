@@ -11,16 +11,10 @@ import pytest
 
 from toolkit.registry import Registry, reset_registry
 
-BACKENDS = ["torch", "jax"]
 REPO = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture(params=BACKENDS)
-def backend(request) -> str:
-    """Every behavioural test that takes ``backend`` runs once per backend. A backend whose
-    framework is missing fails here: this suite never skips a backend silently."""
-    importlib.import_module(request.param)
-    return request.param
+# The ``backend`` fixture (every test that takes it runs once per registered backend, and fails
+# when a framework is missing) comes from the toolkit's own pytest plugin, toolkit/testing.py.
 
 
 @pytest.fixture(autouse=True)

@@ -1,10 +1,23 @@
 """Checkpoints as safetensors files: named arrays plus JSON metadata. No pickle, so loading
-a checkpoint cannot run code. Writes are atomic (temporary file, fsync, rename)."""
+a checkpoint cannot run code. Writes are atomic (temporary file, fsync, rename).
+
+The format is the same for every backend (``toolkit convert`` moves a file between them):
+
+* arrays ``model.<name>``: the backbone's weights, ``<name>`` being the torch ``state_dict``
+  key, which is also the dotted Equinox pytree path. Shapes are the writing backend's; they
+  differ between backends only by singleton axes (Equinox stores a conv bias as (C, 1, 1),
+  torch as (C,)), so a reader reshapes by size in the same element order;
+* metadata (the JSON string under the key ``toolkit``): ``step``, ``backend`` (that wrote
+  it), ``config`` (the resolved run config, as ``toolkit config show`` prints it) and
+  ``spec`` (``shape`` and ``num_classes`` of the data, so the network can be rebuilt
+  without the data set).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -42,12 +55,26 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, 
         raise ToolkitError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
 
 
+def checkpoint_metadata(step: int, backend: str, config, spec) -> dict[str, Any]:
+    from toolkit.config import to_dict
+
+    return {"step": step, "backend": backend, "config": to_dict(config),
+            "spec": {"shape": list(spec.shape), "num_classes": spec.num_classes}}
+
+
+MODEL_PREFIX = "model."
+
+
 def checkpoint_path(directory: Path, step: int) -> Path:
     return directory / f"step_{step:08d}.safetensors"
 
 
+_CHECKPOINT_NAME = re.compile(r"^step_\d{8}\.safetensors$")
+
+
 def list_checkpoints(directory: Path) -> list[Path]:
-    return sorted(directory.glob("step_*.safetensors"))
+    """The run's own checkpoints, oldest first (not, e.g., ``toolkit convert`` outputs beside them)."""
+    return sorted(p for p in directory.glob("step_*.safetensors") if _CHECKPOINT_NAME.match(p.name))
 
 
 def prune_checkpoints(directory: Path, keep: int) -> None:

@@ -81,19 +81,25 @@ def plugins(as_json):
 
 
 @cli.command()
-@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.argument("config_path", metavar="[CONFIG]", required=False, type=click.Path(dir_okay=False))
+@click.option("--all", "every", is_flag=True, help="Every registered component that claims both backends, "
+                                                   "on its registered examples.")
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
 @click.option("--backends", default="torch,jax", show_default=True, help="REFERENCE,OTHER")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON list of objects (component, quantity, max_abs, "
                                                      "max_rel, tol, ok).")
-def parity(config_path, dtype, backends, overrides, as_json):
-    """Check that two backends give the same numbers for the components of CONFIG.
+def parity(config_path, every, dtype, backends, overrides, as_json):
+    """Check that two backends give the same numbers for the components of CONFIG (or --all).
 
     Exits 1 when any quantity is outside its tolerance (float64 1e-10, float32 1e-5, relative)."""
     from toolkit.config import load_config
-    from toolkit.parity import format_table, run_parity
+    from toolkit.parity import format_table, run_parity, run_parity_all
 
+    if (config_path is None) == (not every):
+        raise click.UsageError("give a CONFIG or --all (not both)")
+    if every and overrides:
+        raise click.UsageError("--set applies to a CONFIG, not to --all")
     registry = _registry()
     _warn_problems(registry)
     pair = tuple(b.strip() for b in backends.split(","))
@@ -101,8 +107,10 @@ def parity(config_path, dtype, backends, overrides, as_json):
         raise click.BadParameter(f"expected two backends REFERENCE,OTHER, got {backends!r}", param_hint="--backends")
     for backend in pair:
         registry.get("backend", backend)
-    config = load_config(config_path, overrides, registry)
-    rows = run_parity(config, registry, pair, dtype)
+    if every:
+        rows = run_parity_all(registry, pair, dtype)
+    else:
+        rows = run_parity(load_config(config_path, overrides, registry), registry, pair, dtype)
     if as_json:
         click.echo(json.dumps([row.as_dict() for row in rows], indent=2))
     else:
@@ -112,7 +120,31 @@ def parity(config_path, dtype, backends, overrides, as_json):
         click.echo(f"toolkit: parity failed for {len(failed)} of {len(rows)} quantities, first: "
                    f"{failed[0].component}: {failed[0].quantity}", err=True)
         return 1
+    click.echo(f"toolkit: parity ok: {len(rows)} quantities of {len({r.component for r in rows})} "
+               f"components within tolerance ({dtype})", err=True)
     return 0
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--to", "target", required=True, help="The backend to convert to: torch, jax, or any backend plugin.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Output file [default: <checkpoint stem>.<backend>.safetensors beside it].")
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="Compare both networks on the same inputs when the source backend is installed.")
+def convert(checkpoint, target, out, check):
+    """Rewrite CHECKPOINT (safetensors, named arrays) for another backend."""
+    from toolkit.convert import convert_checkpoint
+
+    registry = _registry()
+    _warn_problems(registry)
+    registry.get("backend", target)
+    report = convert_checkpoint(checkpoint, target, registry, out, check)
+    checked = (f", outputs agree to {report['max_rel']:.1e} relative" if "max_rel" in report
+               else f" ({report['check']})" if "check" in report else "")
+    dropped = f"; not carried over: {', '.join(report['dropped'])}" if report["dropped"] else ""
+    click.echo(f"{checkpoint} ({report['source']}) -> {report['out']} ({target}): {report['arrays']} arrays"
+               f"{checked}{dropped}")
 
 
 @cli.group()

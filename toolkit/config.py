@@ -81,6 +81,10 @@ class RunSection:
     steps: int = attrs.field(default=1000, validator=positive)
     batch_size: int = attrs.field(default=256, validator=positive)
     dtype: Literal["float32", "float64"] = "float32"
+    #: float32 matrix products: ``highest`` is true float32 everywhere; ``high`` lets GPUs use
+    #: TF32 (torch) / reduced-precision passes (JAX), faster but 1e-3-level different, so
+    #: backends no longer agree to float32 tolerance. Both frameworks' own defaults differ.
+    matmul_precision: Literal["highest", "high"] = "highest"
     out_dir: str | None = None
 
 

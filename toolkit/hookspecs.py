@@ -16,7 +16,8 @@ Each ``register_<kind>s`` hook receives a ``register`` callback with the signatu
              implementations: Mapping[str, str | object],
              *,
              options: type | None = None,
-             summary: str = "") -> None
+             summary: str = "",
+             examples: Sequence[Mapping] = ()) -> None
 
 ``name``
     The registry name that configs use (``objective: {name: flow_matching}``).
@@ -31,6 +32,18 @@ Each ``register_<kind>s`` hook receives a ``register`` callback with the signatu
     keys of the config section other than ``name`` are validated against it.
 ``summary``
     One line for ``toolkit plugins``.
+``examples``
+    Small partial run configs (YAML-shaped mappings of sections) that exercise the
+    component quickly, e.g. a DiT of depth 2 on 8x8 images::
+
+        examples=[{"model": {"depth": 2, "width": 32, "heads": 4},
+                   "data": {"name": "synthetic", "shape": [4, 8, 8], "num_classes": 8}}]
+
+    The component's own section (``model`` for a backbone, ``objective``, ``sampler``,
+    ``schedule``) gets its ``name`` filled in; the other sections complete the small
+    base run of :data:`toolkit.parity.BASE_CONFIG`. ``toolkit parity --all`` and the
+    shared test suite (:mod:`toolkit.testing`) run every example in every backend the
+    component claims. No examples: one run with the component's default options.
 
 What each implementation must provide is written in :mod:`toolkit.interfaces`.
 """

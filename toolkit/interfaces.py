@@ -96,6 +96,12 @@ class Objective(Protocol):
 
     def loss(self, model: Any, x: Any, y: Any, draws: Mapping[str, Any], noise: Any) -> tuple[Any, dict]: ...
 
+    # Optional: objectives that regress the network onto a target also provide
+    #   regression(model, x, y, draws, noise) -> (prediction, target)
+    # both (B, *S), the target already stop-gradient; the parity harness compares both.
+
+
+
 
 class Schedule(Protocol):
     """``Schedule(options)``: changes an objective's draws as training proceeds (NumPy, so one
@@ -157,6 +163,11 @@ class Engine(Protocol):
     def gradients(self, batch: Batch, draws: Mapping[str, np.ndarray],
                   noise: np.ndarray) -> tuple[float, dict[str, float], dict[str, np.ndarray]]:
         """``(loss, parts, {parameter name: gradient})`` without changing any state."""
+
+    def regression(self, batch: Batch, draws: Mapping[str, np.ndarray],
+                   noise: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The objective's ``(prediction, target)`` without gradient, or None when the objective
+        does not provide ``regression``."""
 
     def predict(self, x: np.ndarray, t: np.ndarray, r: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
         """The backbone on a batch, without gradient."""

@@ -13,6 +13,7 @@ float32 1e-5, with the overrides in :data:`OVERRIDES`, each with its reason.
 
 from __future__ import annotations
 
+import copy
 from typing import Iterator, Mapping
 
 import attrs
@@ -20,6 +21,7 @@ import numpy as np
 
 from toolkit.config import Config, config_from_dict, to_dict
 from toolkit.interfaces import Batch
+from toolkit.train import CALIBRATION_DRAWS
 
 TOLERANCES = {"float64": 1e-10, "float32": 1e-5}
 #: (component, dtype) -> (tolerance, why). Adam's first update is lr g / (|g| + eps), about
@@ -74,7 +76,12 @@ def run_parity(config: Config, registry, backends: tuple[str, str] = ("torch", "
     t = rng.random(batch_size)
     r = t * rng.random(batch_size)
     v, noise = rng.standard_normal(x.shape), rng.standard_normal(x.shape)
-    draws = config.objective.options.draw(rng, batch_size, 0, spec)
+    draw = config.objective.options.draw
+    draws = draw(rng, batch_size, 0, spec)
+    if config.schedule is not None:  # NumPy, in the core: both engines get the scheduled draws
+        schedule = registry.load("schedule", config.schedule.name, backends[0])(config.schedule.options)
+        schedule.calibrate(draw(np.random.default_rng([seed, 4]), CALIBRATION_DRAWS, 0, spec))
+        draws = schedule.apply(draws, 0, 2, rng)
 
     rows: list[ParityRow] = []
 
@@ -93,6 +100,12 @@ def run_parity(config: Config, registry, backends: tuple[str, str] = ("torch", "
 
     objective = f"objective {config.objective.name}"
     batch = Batch(x, y)
+    pairs = reference.regression(batch, draws, noise), other.regression(batch, draws, noise)
+    if pairs[0] is not None or pairs[1] is not None:
+        (prediction_a, target_a), (prediction_b, target_b) = (p if p is not None else (np.nan, np.nan)
+                                                              for p in pairs)
+        check(objective, "prediction", prediction_a, prediction_b)
+        check(objective, "target", target_a, target_b)
     loss_a, parts_a, grads_a = reference.gradients(batch, draws, noise)
     loss_b, parts_b, grads_b = other.gradients(batch, draws, noise)
     check(objective, "loss", loss_a, loss_b)
@@ -111,6 +124,78 @@ def run_parity(config: Config, registry, backends: tuple[str, str] = ("torch", "
     check(f"sampler {config.sampler.name}", f"samples ({sampler.nfe} NFE)",
           reference.sample(sampler, noise, y), other.sample(sampler, noise, y))
     return rows
+
+
+#: The small run that completes every component's examples (``register(..., examples=)``): a
+#: class-conditional MeanFlow MLP on 2-D data with label dropout and guidance, so that the JVP,
+#: the null class and the guided target all take part.
+BASE_CONFIG = {
+    "run": {"name": "parity", "steps": 2, "batch_size": 8},
+    "data": {"name": "synthetic", "shape": [2], "num_classes": 4},
+    "model": {"name": "mlp", "hidden": 32, "depth": 2, "time_embed_dim": 16},
+    "objective": {"name": "meanflow", "ratio": 0.5, "weight_power": 0.75, "label_dropout": 0.25,
+                  "guidance": {"omega": 0.5, "kappa": 0.3, "t_min": 0.1, "t_max": 0.9}},
+    "sampler": {"name": "meanflow", "nfe": 2},
+    "optimizer": {"lr": 1e-3, "weight_decay": 0.01},
+}
+#: component kind -> its config section, for the kinds whose numbers depend on the backend.
+SECTIONS = {"backbone": "model", "objective": "objective", "sampler": "sampler", "schedule": "schedule"}
+#: component kind -> the harness rows (by their first word) that speak for it.
+_ROWS_OF = {"backbone": ("backbone", "optimizer"), "objective": ("objective",), "sampler": ("sampler",),
+            "schedule": ("objective",)}
+
+
+def example_configs(component) -> list[dict]:
+    """The component's examples completed by :data:`BASE_CONFIG` (one with default options if it
+    registered none). A section an example gives replaces the base's when it names another
+    component, and is merged into it otherwise."""
+    section = SECTIONS[component.kind]
+    configs = []
+    for example in component.examples or ({},):
+        data = copy.deepcopy(BASE_CONFIG)
+        for key, value in example.items():
+            base = data.get(key)
+            if key != section and isinstance(value, Mapping) and isinstance(base, Mapping) \
+                    and value.get("name", base.get("name")) == base.get("name"):
+                data[key] = {**base, **copy.deepcopy(value)}
+            else:
+                data[key] = copy.deepcopy(value)
+        data[section] = {**(data.get(section) if section in example else {}), "name": component.name}
+        configs.append(data)
+    return configs
+
+
+def parity_components(registry, backends: tuple[str, str]) -> list:
+    """Every registered component whose numbers depend on the backend and that claims both."""
+    return [c for c in registry.components() if c.kind in SECTIONS and all(c.supports(b) for b in backends)]
+
+
+def run_parity_component(component, registry, backends: tuple[str, str] = ("torch", "jax"),
+                         dtype: str = "float64", tol: float | None = None) -> list[ParityRow]:
+    """Parity of one component over its examples; rows are labelled ``<kind> <name>``. A
+    component that cannot even be built gives one failing row with the error, not an exception."""
+    label = f"{component.kind} {component.name}"
+    configs = example_configs(component)
+    rows = []
+    for number, data in enumerate(configs, 1):
+        where = f" [example {number}]" if len(configs) > 1 else ""
+        try:
+            config = config_from_dict(data, f"example {number} of {label} (plugin {component.plugin.name})",
+                                      registry=registry)
+            found = run_parity(config, registry, backends, dtype, tol)
+        except Exception as error:  # a third party's component may raise anything
+            rows.append(ParityRow(label + where, f"error: {type(error).__name__}: {error}", float("inf"),
+                                  float("inf"), TOLERANCES[dtype] if tol is None else tol, False))
+            continue
+        rows += [attrs.evolve(row, component=label + where) for row in found
+                 if row.component.split()[0] in _ROWS_OF[component.kind]]
+    return rows
+
+
+def run_parity_all(registry, backends: tuple[str, str] = ("torch", "jax"), dtype: str = "float64",
+                   tol: float | None = None) -> list[ParityRow]:
+    return [row for component in parity_components(registry, backends)
+            for row in run_parity_component(component, registry, backends, dtype, tol)]
 
 
 def _leaves(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:

@@ -18,7 +18,7 @@ import importlib
 import importlib.metadata
 import os
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import attrs
 import pluggy
@@ -54,6 +54,8 @@ class Component:
     plugin: Plugin
     options: type | None = None
     summary: str = ""
+    #: small partial run configs that exercise this component (tests, ``toolkit parity --all``).
+    examples: tuple[Mapping[str, Any], ...] = ()
 
     def supports(self, backend: str) -> bool:
         return backend in self.implementations or ANY_BACKEND in self.implementations
@@ -210,7 +212,7 @@ class _Collector:
         self.kind, self.plugin, self.into = kind, plugin, into
 
     def __call__(self, name: str, implementations: Mapping[str, Any], *, options: type | None = None,
-                 summary: str = "") -> None:
+                 summary: str = "", examples: Sequence[Mapping[str, Any]] = ()) -> None:
         what = f"{self.kind} {name!r}"
         if not isinstance(name, str) or not _NAME.match(name):
             raise ValueError(f"{self.kind} name {name!r} is not a valid name (letters, digits, _ . -)")
@@ -223,8 +225,11 @@ class _Collector:
                                  f"'module:attribute'")
         if options is not None and not attrs.has(options):
             raise ValueError(f"{what}: options must be an attrs class, got {options!r}")
+        if isinstance(examples, Mapping) or not all(isinstance(e, Mapping) for e in examples):
+            raise ValueError(f"{what}: examples must be a list of partial run configs (mappings of "
+                             f"sections), got {examples!r}")
         self.into.append(Component(self.kind, name, dict(implementations), self.plugin, options,
-                                   summary or _first_line(options)))
+                                   summary or _first_line(options), tuple(examples)))
 
 
 def _resolve(target: Any, component: Component, backend: str) -> Any:

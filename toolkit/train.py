@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.checkpoint import checkpoint_path, prune_checkpoints, save_checkpoint
+from toolkit.checkpoint import checkpoint_metadata, checkpoint_path, prune_checkpoints, save_checkpoint
 from toolkit.config import Config, OptimizerSection, to_dict
 from toolkit.errors import DivergenceError, UsageError
 from toolkit.events import EventLog
@@ -102,7 +102,7 @@ def train(config: Config, backend: str, registry, out_dir: Path | None = None,
             if step % config.checkpoint.every == 0 or step == steps:
                 last_saved = save_checkpoint(checkpoint_path(checkpoints, step),
                                              {f"model.{k}": v for k, v in engine.state_arrays().items()},
-                                             {"step": step, "backend": backend, "config": to_dict(config)})
+                                             checkpoint_metadata(step, backend, config, spec))
                 prune_checkpoints(checkpoints, config.checkpoint.keep)
         bar.close()
         results = evaluate(config, backend, registry, engine, dataset, out_dir, log, steps)

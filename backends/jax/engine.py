@@ -18,6 +18,7 @@ class JaxEngine:
     def __init__(self, config, registry, spec):
         if config.run.dtype == "float64":
             jax.config.update("jax_enable_x64", True)
+        jax.config.update("jax_default_matmul_precision", config.run.matmul_precision)
         self.config, self.spec = config, spec
         self.dtype = jnp.dtype(config.run.dtype)
         model_key, self.key = jax.random.split(jax.random.PRNGKey(config.run.seed))
@@ -32,27 +33,33 @@ class JaxEngine:
         self.tx = optax.inject_hyperparams(optax.adamw)(
             learning_rate=o.lr, b1=o.betas[0], b2=o.betas[1], eps=o.eps, weight_decay=o.weight_decay)
         self.opt_state = self.tx.init(eqx.filter(self.model, eqx.is_inexact_array))
-        self._step = eqx.filter_jit(self._make_step(o.grad_clip))
+        # Compiled once each (op by op, a conv net's gradient takes minutes on the CPU). The
+        # gradient and the update are separate programs so that ``gradients`` (parity) and
+        # ``train_step`` share one compilation of the loss.
+        self._grads = eqx.filter_jit(self._loss_and_grads)
+        self._update = eqx.filter_jit(self._make_update(o.grad_clip))
         self._call = eqx.filter_jit(lambda m, z, t, r, y: jax.vmap(m)(z, t, r, y))
+        self._regression = eqx.filter_jit(lambda m, x, y, draws, noise: self.objective.regression(m, x, y, draws, noise))
+        self._jvp = eqx.filter_jit(lambda m, x, t, r, y, v: jax.jvp(
+            lambda x_, t_, r_: jax.vmap(m)(x_, t_, r_, y), (x, t, r), (v, jnp.ones_like(t), jnp.zeros_like(r))))
 
-    def _loss_and_grads(self, model, x, y, draws, noise):
+    def _loss_and_grads(self, model, x, y, draws, noise, key=None):
+        if noise is None:  # drawn inside the compiled program; injected noise (parity) is an array
+            noise = jax.random.normal(key, x.shape, x.dtype)
         loss_fn = lambda m: self.objective.loss(m, x, y, draws, noise)  # noqa: E731
         return eqx.filter_value_and_grad(loss_fn, has_aux=True)(model)
 
-    def _make_step(self, clip):
-        def step(model, opt_state, x, y, draws, key, noise, lr):
-            if noise is None:  # drawn inside the compiled step; injected noise (parity) is an array
-                noise = jax.random.normal(key, x.shape, x.dtype)
-            (loss, parts), grads = self._loss_and_grads(model, x, y, draws, noise)
+    def _make_update(self, clip):
+        def update(model, opt_state, grads, lr):
             grad_norm = optax.tree.norm(grads)
             if clip is not None:  # the same rule as torch.nn.utils.clip_grad_norm_
                 scale = jnp.minimum(1.0, clip / (grad_norm + 1e-6))
                 grads = jax.tree_util.tree_map(lambda g: g * scale, grads)
             opt_state.hyperparams["learning_rate"] = lr
             updates, opt_state = self.tx.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
-            return eqx.apply_updates(model, updates), opt_state, loss, grad_norm, parts
+            return eqx.apply_updates(model, updates), opt_state, grad_norm
 
-        return step
+        return update
 
     def array(self, array):
         if array is None:
@@ -60,24 +67,31 @@ class JaxEngine:
         return jnp.asarray(array, dtype=self.dtype if np.issubdtype(array.dtype, np.floating) else None)
 
     def gradients(self, batch, draws, noise):
-        (loss, parts), grads = self._loss_and_grads(self.model, self.array(batch.x), self.array(batch.y),
-                                                    {k: self.array(v) for k, v in draws.items()}, self.array(noise))
+        (loss, parts), grads = self._grads(self.model, self.array(batch.x), self.array(batch.y),
+                                           {k: self.array(v) for k, v in draws.items()}, self.array(noise), None)
         return float(loss), {k: float(v) for k, v in parts.items()}, named_arrays(grads)
+
+    def regression(self, batch, draws, noise):
+        if not hasattr(self.objective, "regression"):
+            return None
+        prediction, target = self._regression(
+            self.model, self.array(batch.x), self.array(batch.y), {k: self.array(v) for k, v in draws.items()},
+            self.array(noise))
+        return np.asarray(prediction), np.asarray(target)
 
     def predict(self, x, t, r, y=None):
         return np.asarray(self._call(self.model, *(self.array(a) for a in (x, t, r, y))))
 
     def jvp(self, x, t, r, y, v):
-        x, t, r, y, v = (self.array(a) for a in (x, t, r, y, v))
-        u, dudt = jax.jvp(lambda x_, t_, r_: jax.vmap(self.model)(x_, t_, r_, y), (x, t, r),
-                          (v, jnp.ones_like(t), jnp.zeros_like(r)))
+        u, dudt = self._jvp(self.model, *(self.array(a) for a in (x, t, r, y, v)))
         return np.asarray(u), np.asarray(dudt)
 
     def train_step(self, batch, draws, lr, noise=None):
         self.key, key = jax.random.split(self.key)
-        model, opt_state, loss, grad_norm, parts = self._step(
-            self.model, self.opt_state, self.array(batch.x), self.array(batch.y),
-            {k: self.array(v) for k, v in draws.items()}, key, self.array(noise), jnp.asarray(lr, self.dtype))
+        (loss, parts), grads = self._grads(self.model, self.array(batch.x), self.array(batch.y),
+                                           {k: self.array(v) for k, v in draws.items()}, self.array(noise),
+                                           key if noise is None else None)
+        model, opt_state, grad_norm = self._update(self.model, self.opt_state, grads, jnp.asarray(lr, self.dtype))
         loss_value, grad_norm = float(loss), float(grad_norm)
         if not math.isfinite(loss_value) or not math.isfinite(grad_norm):
             # The new state is dropped: the model stays at the last finite step.

@@ -18,6 +18,7 @@ class TorchEngine:
     def __init__(self, config, registry, spec):
         self.config, self.spec = config, spec
         self.dtype = DTYPES[config.run.dtype]
+        torch.set_float32_matmul_precision(config.run.matmul_precision)  # "high" allows TF32 on GPUs
         torch.manual_seed(config.run.seed)
         backbone = registry.load("backbone", config.model.name, "torch")
         self.model = backbone(config.model.options, spec).to(self.dtype)
@@ -53,6 +54,15 @@ class TorchEngine:
         loss, parts = self._backward(batch, draws, noise)
         grads = {name: p.grad.detach().numpy().copy() for name, p in self.model.named_parameters()}
         return float(loss.detach()), {k: float(v) for k, v in parts.items()}, grads
+
+    def regression(self, batch, draws, noise):
+        if not hasattr(self.objective, "regression"):
+            return None
+        with torch.no_grad(), jvp_mode(self.options.jvp):
+            prediction, target = self.objective.regression(
+                self.model, self.tensor(batch.x), self.tensor(batch.y),
+                {k: self.tensor(v) for k, v in draws.items()}, self.tensor(noise))
+        return prediction.numpy(), target.numpy()
 
     @torch.no_grad()
     def predict(self, x, t, r, y=None):

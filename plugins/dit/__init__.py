@@ -75,5 +75,9 @@ def position_embedding(width: int, grid: int) -> np.ndarray:
 
 @hookimpl
 def register_backbones(register):
+    tiny = {"depth": 2, "width": 32, "heads": 4, "frequency_dim": 32}
     register("dit", {"torch": "toolkit.plugins.dit.torch:DiT", "jax": "toolkit.plugins.dit.jax:DiT"},
-             options=DiTOptions)
+             options=DiTOptions,
+             examples=[{"model": tiny, "data": {"name": "synthetic", "shape": [4, 8, 8], "num_classes": 8}},
+                       {"model": {**tiny, "gelu": "exact", "time_inputs": "t_and_r", "patch": 4},
+                        "data": {"name": "synthetic", "shape": [3, 8, 8], "num_classes": 0}}])

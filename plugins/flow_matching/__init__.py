@@ -31,4 +31,5 @@ def register_objectives(register):
     register("flow_matching",
              {"torch": "toolkit.plugins.flow_matching.torch:FlowMatching",
               "jax": "toolkit.plugins.flow_matching.jax:FlowMatching"},
-             options=FlowMatchingOptions)
+             options=FlowMatchingOptions,
+             examples=[{"objective": {"label_dropout": 0.25, "time": {"distribution": "logit_normal"}}}])

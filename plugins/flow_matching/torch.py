@@ -9,10 +9,13 @@ class FlowMatching:
     def __init__(self, options, spec):
         self.options, self.spec = options, spec
 
-    def loss(self, model, x, y, draws, noise):
+    def regression(self, model, x, y, draws, noise):
         t = draws["t"]
         z, v = interpolate(x, noise, t)
-        u = model(z, t, t, with_null_labels(y, draws["drop"], self.spec.num_classes))
+        return model(z, t, t, with_null_labels(y, draws["drop"], self.spec.num_classes)), v
+
+    def loss(self, model, x, y, draws, noise):
+        u, v = self.regression(model, x, y, draws, noise)
         error = per_example_sum((u - v) ** 2)
         weighted = error * draws["weight"] if "weight" in draws else error
         return weighted.mean(), {"mse": error.detach().mean()}

@@ -114,4 +114,8 @@ class MeanFlowOptions(AverageVelocityOptions):
 def register_objectives(register):
     register("meanflow",
              {"torch": "toolkit.plugins.meanflow.torch:MeanFlow", "jax": "toolkit.plugins.meanflow.jax:MeanFlow"},
-             options=MeanFlowOptions)
+             options=MeanFlowOptions,
+             examples=[{"objective": {"ratio": 0.5, "weight_power": 0.75, "label_dropout": 0.25,
+                                      "guidance": {"omega": 0.5, "kappa": 0.3, "t_min": 0.1, "t_max": 0.9}}},
+                       {"objective": {"ratio": 1.0, "pairing": "clipped", "r_time": {"distribution": "uniform"}},
+                        "data": {"num_classes": 0}}])

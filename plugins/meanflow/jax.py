@@ -42,12 +42,14 @@ class MeanFlow:
             target = jnp.concatenate([target, v[n:]])
         return u, jax.lax.stop_gradient(target)
 
-    def loss(self, model, x, y, draws, noise):
-        o = self.options
+    def regression(self, model, x, y, draws, noise):
         t, r, drop = draws["t"], draws["r"], draws["drop"]
         z, v = interpolate(x, noise, t)
         v = self.guided_velocity(model, z, v, t, y, drop)
-        u, u_tgt = self.target(model, z, t, r, with_null_labels(y, drop, self.spec.num_classes), v,
-                               averaged=o.averaged(len(t)))
+        return self.target(model, z, t, r, with_null_labels(y, drop, self.spec.num_classes), v,
+                           averaged=self.options.averaged(len(t)))
+
+    def loss(self, model, x, y, draws, noise):
+        u, u_tgt = self.regression(model, x, y, draws, noise)
         error = per_example_sum((u - u_tgt) ** 2)
-        return average_velocity_loss(error, draws, o.weight_power, o.weight_eps)
+        return average_velocity_loss(error, draws, self.options.weight_power, self.options.weight_eps)

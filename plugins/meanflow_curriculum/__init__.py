@@ -98,4 +98,5 @@ class MeanFlowCurriculum:
 
 @hookimpl
 def register_schedules(register):
-    register("meanflow_curriculum", {"*": MeanFlowCurriculum}, options=MeanFlowCurriculumOptions)
+    register("meanflow_curriculum", {"*": MeanFlowCurriculum}, options=MeanFlowCurriculumOptions,
+             examples=[{"schedule": {"mode": "weight"}}, {"schedule": {"mode": "resample", "power": 2.0}}])

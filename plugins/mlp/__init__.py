@@ -31,4 +31,7 @@ class MLPOptions:
 def register_backbones(register):
     register("mlp",
              {"torch": "toolkit.plugins.mlp.torch:MLP", "jax": "toolkit.plugins.mlp.jax:MLP"},
-             options=MLPOptions)
+             options=MLPOptions,
+             examples=[{"model": {"hidden": 32, "depth": 2, "time_embed_dim": 16}},
+                       {"model": {"hidden": 32, "depth": 1, "time_embed_dim": 8, "time_inputs": "t_and_r"},
+                        "data": {"num_classes": 0, "shape": [3]}}])

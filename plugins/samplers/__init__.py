@@ -100,6 +100,7 @@ class Heun:
 
 @hookimpl
 def register_samplers(register):
-    register("meanflow", {"*": MeanFlowSampler}, options=MeanFlowSamplerOptions)
-    register("euler", {"*": Euler}, options=EulerOptions)
-    register("heun", {"*": Heun}, options=HeunOptions)
+    register("meanflow", {"*": MeanFlowSampler}, options=MeanFlowSamplerOptions,
+             examples=[{"sampler": {"nfe": 1}}, {"sampler": {"nfe": 3, "time_grid": [1.0, 0.6, 0.2, 0.0]}}])
+    register("euler", {"*": Euler}, options=EulerOptions, examples=[{"sampler": {"nfe": 4, "guidance": 1.5}}])
+    register("heun", {"*": Heun}, options=HeunOptions, examples=[{"sampler": {"nfe": 4, "guidance": 1.5}}])

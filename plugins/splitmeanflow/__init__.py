@@ -41,4 +41,5 @@ def register_objectives(register):
     register("splitmeanflow",
              {"torch": "toolkit.plugins.splitmeanflow.torch:SplitMeanFlow",
               "jax": "toolkit.plugins.splitmeanflow.jax:SplitMeanFlow"},
-             options=SplitMeanFlowOptions)
+             options=SplitMeanFlowOptions,
+             examples=[{"objective": {"ratio": 0.6, "weight_power": 0.5, "label_dropout": 0.25}}])

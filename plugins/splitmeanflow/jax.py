@@ -26,11 +26,14 @@ class SplitMeanFlow:
         split = jnp.where(expand(r_ == t_, z), v_, lam_ * u_rs + (1 - lam_) * u_st)
         return jax.lax.stop_gradient(jnp.concatenate([split, v[n:]]))
 
-    def loss(self, model, x, y, draws, noise):
-        o = self.options
-        t, r, drop = draws["t"], draws["r"], draws["drop"]
+    def regression(self, model, x, y, draws, noise):
+        t, r = draws["t"], draws["r"]
         z, v = interpolate(x, noise, t)
-        y = with_null_labels(y, drop, self.spec.num_classes)
-        u_tgt = self.target(model, z, t, r, y, v, draws["lam"], averaged=o.averaged(len(t)))
-        error = per_example_sum((batched(model)(z, t, r, y) - u_tgt) ** 2)
-        return average_velocity_loss(error, draws, o.weight_power, o.weight_eps)
+        y = with_null_labels(y, draws["drop"], self.spec.num_classes)
+        u_tgt = self.target(model, z, t, r, y, v, draws["lam"], averaged=self.options.averaged(len(t)))
+        return batched(model)(z, t, r, y), u_tgt
+
+    def loss(self, model, x, y, draws, noise):
+        u, u_tgt = self.regression(model, x, y, draws, noise)
+        error = per_example_sum((u - u_tgt) ** 2)
+        return average_velocity_loss(error, draws, self.options.weight_power, self.options.weight_eps)

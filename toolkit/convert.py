@@ -1,0 +1,78 @@
+"""``toolkit convert``: a checkpoint of one backend rewritten for another.
+
+The arrays keep their names (shared by every backend) and take the target backend's shapes;
+the target network is built from the checkpoint's own config and data spec, so a checkpoint
+of an architecture the target cannot build, or with missing or mis-sized weights, is an
+error naming the file. Where the source backend is installed too, both networks are run on
+the same inputs and their outputs compared (``toolkit parity`` tolerances).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.checkpoint import MODEL_PREFIX, checkpoint_metadata, load_checkpoint, save_checkpoint
+from toolkit.config import config_from_dict
+from toolkit.errors import BackendUnavailableError, ToolkitError
+from toolkit.interfaces import DataSpec
+from toolkit.parity import compare
+
+#: relative tolerance of the whole-network check: a deep float32 network accumulates rounding
+#: beyond the per-operation 1e-5 of ``toolkit parity``.
+CHECK_TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
+
+
+def checkpoint_engine(path: Path, arrays: dict, metadata: dict, backend: str, registry):
+    """An engine of ``backend`` holding the model weights of a loaded checkpoint."""
+    if "config" not in metadata:
+        raise ToolkitError(f"{path}: the checkpoint carries no run config (metadata key 'config'); it was not "
+                           f"written by toolkit")
+    config = config_from_dict(metadata["config"], f"{path} (its stored config)", registry=registry)
+    if "spec" in metadata:
+        spec = DataSpec(tuple(metadata["spec"]["shape"]), int(metadata["spec"]["num_classes"]))
+    else:  # written before the spec was stored: ask the data set
+        spec = registry.load("dataset", config.data.name, backend)(config.data.options).spec
+    engine = registry.load("backend", backend, backend)(config, registry, spec)
+    weights = {k[len(MODEL_PREFIX):]: v for k, v in arrays.items() if k.startswith(MODEL_PREFIX)}
+    try:
+        engine.load_state_arrays(weights)
+    except (ValueError, RuntimeError, KeyError) as error:
+        raise ToolkitError(f"{path}: its weights do not fit a {config.model.name} of its own config in "
+                           f"{backend}: {error}") from None
+    return engine, config, spec
+
+
+def convert_checkpoint(path: str | Path, target: str, registry, out: str | Path | None = None,
+                       check: bool = True) -> dict:
+    """Write ``path`` for backend ``target`` (default output ``<stem>.<target>.safetensors``).
+    Returns what was done: ``out``, ``source``, ``arrays`` and, if checked, ``max_rel``."""
+    path = Path(path)
+    arrays, metadata = load_checkpoint(path)
+    source = metadata.get("backend")
+    out = Path(out) if out else path.with_name(f"{path.stem}.{target}.safetensors")
+    if out.resolve() == path.resolve():
+        raise ToolkitError(f"{out}: the output would overwrite the input checkpoint; give another --out")
+    engine, config, spec = checkpoint_engine(path, arrays, metadata, target, registry)
+    converted = {f"{MODEL_PREFIX}{k}": v for k, v in engine.state_arrays().items()}
+    dropped = sorted(k for k in arrays if not k.startswith(MODEL_PREFIX))
+    report = {"out": str(out), "source": source, "target": target, "arrays": len(converted), "dropped": dropped}
+    if check and source and source != target:
+        try:
+            reference, _, _ = checkpoint_engine(path, arrays, metadata, source, registry)
+        except BackendUnavailableError as error:
+            report["check"] = f"skipped: {error}"
+        else:
+            rng = np.random.default_rng(0)
+            n = 4
+            x = rng.standard_normal((n, *spec.shape))
+            t = rng.random(n)
+            y = rng.integers(0, spec.num_classes, n) if spec.conditional else None
+            report["max_rel"] = compare(*(e.predict(x, t, 0.5 * t, y) for e in (reference, engine)))[1]
+            if not report["max_rel"] <= CHECK_TOLERANCE[config.run.dtype]:
+                raise ToolkitError(f"{path}: the {target} network differs from the {source} network on the same "
+                                   f"weights (max relative error {report['max_rel']:.2e}): a parity bug, see "
+                                   f"`toolkit parity`")
+    save_checkpoint(out, converted, {**metadata, **checkpoint_metadata(metadata.get("step", 0), target, config, spec)})
+    return report

@@ -1,0 +1,358 @@
+"""The toolkit's pytest plugin (entry point ``pytest11``): backend fixtures and the shared checks.
+
+Installed with the toolkit, so any test suite gets:
+
+* the ``backend`` fixture: a test that takes it runs once per registered backend, and fails
+  (never skips) when that backend's framework is missing;
+* :class:`ComponentChecks`: the behavioural and cross-backend parity checks of the toolkit's
+  own suite, for any registered component. A plugin package tests its components with one
+  line in a test module::
+
+      class TestMyPlugin(ComponentChecks): components = ["objective imf", "sampler imf"]
+
+  (or ``distribution = "my-plugin"`` for every component the distribution registers). Each
+  check runs on every example the component registered (``register(..., examples=[...])``),
+  completed by :data:`toolkit.parity.BASE_CONFIG`, in every backend it claims, in float64.
+
+What is checked, per kind (the contract of :mod:`toolkit.interfaces`):
+
+* backbone: output shape, finite, depends on t, on r and on the label; deterministic; the
+  JVP along (v, 1, 0) equals a central finite difference; weights survive a round trip by name.
+* objective: finite loss, parts and gradients named like the weights, some non-zero; pure
+  (same inputs, same loss; ``gradients`` changes no weight); ``train_step`` reports that loss
+  and the gradient norm and moves the weights; ``regression`` (if provided) returns a
+  prediction and a target of the data's shape. (Whether training converges is objective
+  specific: MeanFlow's loss has a moving target and an adaptive weight, so it is tested per
+  objective, against closed forms, in the toolkit's own suite.)
+* sampler: exact on a constant velocity field; ``nfe`` network evaluations without guidance.
+* schedule: the draws keep their keys and shapes, stay finite, and depend only on the rng.
+* every kind: ``toolkit parity`` on each example, float64 (1e-10 relative).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+import pytest
+
+from toolkit.interfaces import Batch
+
+# -- arrays in and out of a backend --------------------------------------------------------------
+
+
+def to_backend(backend: str, array):
+    """A NumPy array as ``backend``'s array (None stays None)."""
+    if array is None:
+        return None
+    if backend == "torch":
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(array))
+    import jax.numpy as jnp
+
+    return jnp.asarray(array)
+
+
+def to_numpy(array) -> np.ndarray:
+    if hasattr(array, "detach"):
+        array = array.detach()
+    return np.asarray(array)
+
+
+@contextlib.contextmanager
+def float64(backend: str):
+    """float64 arrays for the duration (JAX needs x64 switched on; torch keeps NumPy's dtype)."""
+    if backend == "jax":
+        import jax
+
+        with jax.enable_x64(True):
+            yield
+    else:
+        yield
+
+
+# -- fixtures ---------------------------------------------------------------------------------------
+
+
+def _backends() -> list[str]:
+    from toolkit.registry import get_registry
+
+    return get_registry().backend_names()
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" in metafunc.fixturenames and "component_case" not in metafunc.fixturenames:
+        metafunc.parametrize("backend", _backends(), indirect=True)
+    cls = metafunc.cls
+    if cls is None or not issubclass(cls, ComponentChecks) or "component_case" not in metafunc.fixturenames:
+        return
+    kinds = getattr(metafunc.function, "kinds", None)
+    cases, ids = [], []
+    for component in cls.selected():
+        if kinds is not None and component.kind not in kinds:
+            continue
+        from toolkit.parity import example_configs
+
+        configs = example_configs(component)
+        backends = (_backends() if "backend" in metafunc.fixturenames else [None])
+        for number, data in enumerate(configs, 1):
+            for backend in backends:
+                if backend is not None and not component.supports(backend):
+                    continue
+                cases.append((component, number, data, backend))
+                ids.append("-".join(filter(None, [component.kind, component.name, str(number), backend])))
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize(("component_case", "backend"), [((c, n, d), b) for c, n, d, b in cases], ids=ids,
+                             indirect=["backend"])
+    else:
+        metafunc.parametrize("component_case", [(c, n, d) for c, n, d, _ in cases], ids=ids)
+
+
+@pytest.fixture
+def backend(request) -> str:
+    """The backend under test. A backend whose framework is missing fails here: never a silent skip."""
+    name = request.param
+    importlib.import_module({"torch": "torch", "jax": "jax"}.get(name, "toolkit"))
+    return name
+
+
+# -- the shared checks ------------------------------------------------------------------------------
+
+
+def for_kinds(*kinds: str):
+    """Run the decorated check only on components of these kinds."""
+
+    def mark(function):
+        function.kinds = kinds
+        return function
+
+    return mark
+
+
+def _engine(case, backend: str, seed: int = 0):
+    """A float64 engine of ``backend`` for an example config, with every weight perturbed (so
+    zero-initialised layers such as adaLN-Zero take part), and the example's data spec."""
+    from toolkit.config import config_from_dict
+    from toolkit.registry import get_registry
+
+    component, number, data = case
+    registry = get_registry()
+    data = {**data, "run": {**data.get("run", {}), "dtype": "float64"}}
+    config = config_from_dict(data, f"example {number} of {component.kind} {component.name}", registry=registry)
+    spec = registry.load("dataset", config.data.name, backend)(config.data.options).spec
+    engine = registry.load("backend", backend, backend)(config, registry, spec)
+    rng = np.random.default_rng(seed)
+    engine.load_state_arrays({k: v + 0.05 * rng.standard_normal(v.shape) for k, v in engine.state_arrays().items()})
+    return engine, config, spec
+
+
+def _inputs(spec, n: int = 6, seed: int = 1) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    t = rng.uniform(0.2, 0.9, n)
+    return {"x": rng.standard_normal((n, *spec.shape)), "t": t, "r": t * rng.uniform(0.1, 0.9, n),
+            "y": rng.integers(0, spec.num_classes, n) if spec.conditional else None,
+            "v": rng.standard_normal((n, *spec.shape)), "noise": rng.standard_normal((n, *spec.shape))}
+
+
+def _rel(a, b) -> float:
+    from toolkit.parity import compare
+
+    return compare(a, b)[1]
+
+
+class ComponentChecks:
+    """Subclass it (the class name must start with ``Test``) and select components with
+    ``components = ["<kind> <name>", ...]``, ``distribution = "<dist>"``, or ``components = "all"``
+    (every registered component of a backend-dependent kind). Selecting nothing is an error."""
+
+    components: ClassVar[Sequence[str] | str] = ()
+    distribution: ClassVar[str | None] = None
+
+    @classmethod
+    def selected(cls) -> list:
+        from toolkit.parity import SECTIONS
+        from toolkit.registry import get_registry
+
+        registry = get_registry()
+        if cls.components == "all":
+            found = [c for c in registry.components() if c.kind in SECTIONS]
+        else:
+            found = [registry.get(*item.split(maxsplit=1)) for item in cls.components]
+        if cls.distribution is not None:
+            found += [c for c in registry.components()
+                      if c.kind in SECTIONS and c.plugin.distribution == cls.distribution and c not in found]
+        if not found:
+            raise pytest.UsageError(f"{cls.__name__} selects no components: set components = ['<kind> <name>'] "
+                                    f"or distribution = '<distribution>' (registered: "
+                                    f"{', '.join(f'{c.kind} {c.name}' for c in registry.components())}; "
+                                    f"problems: {registry.problems or 'none'})")
+        return found
+
+    # -- every kind ------------------------------------------------------------------------------
+
+    def test_parity_float64(self, component_case):
+        from toolkit.parity import run_parity_component
+
+        component, number, data = component_case
+        single = _single_example(component, data)
+        rows = run_parity_component(single, _registry())
+        failed = [f"{r.component}: {r.quantity} (max rel {r.max_rel:.2e} > {r.tol:.0e})" for r in rows if not r.ok]
+        assert rows and not failed, "\n".join(failed)
+
+    # -- backbones -------------------------------------------------------------------------------
+
+    @for_kinds("backbone")
+    def test_backbone_output(self, component_case, backend):
+        engine, _, spec = _engine(component_case, backend)
+        a = _inputs(spec)
+        u = engine.predict(a["x"], a["t"], a["r"], a["y"])
+        assert u.shape == a["x"].shape and np.isfinite(u).all()
+        assert np.array_equal(u, engine.predict(a["x"], a["t"], a["r"], a["y"])), "not deterministic"
+        assert _rel(u, engine.predict(a["x"], a["t"] + 0.05, a["r"], a["y"])) > 1e-8, "does not depend on t"
+        assert _rel(u, engine.predict(a["x"], a["t"], a["r"] * 0.5, a["y"])) > 1e-8, "does not depend on r"
+        if spec.conditional:
+            assert _rel(u, engine.predict(a["x"], a["t"], a["r"], None)) > 1e-8, "ignores the label"
+            other = (a["y"] + 1) % spec.num_classes
+            assert _rel(u, engine.predict(a["x"], a["t"], a["r"], other)) > 1e-8, "ignores the label"
+
+    @for_kinds("backbone")
+    def test_backbone_jvp_is_the_derivative(self, component_case, backend):
+        engine, _, spec = _engine(component_case, backend)
+        # h small enough that the O(h^2) truncation (large: sinusoidal time embeddings see 1000 t)
+        # stays far below the tolerance, large enough that float64 rounding does too.
+        a, h = _inputs(spec), 1e-7
+        u, du = engine.jvp(a["x"], a["t"], a["r"], a["y"], a["v"])
+        assert _rel(engine.predict(a["x"], a["t"], a["r"], a["y"]), u) < 1e-12
+        plus = engine.predict(a["x"] + h * a["v"], a["t"] + h, a["r"], a["y"])
+        minus = engine.predict(a["x"] - h * a["v"], a["t"] - h, a["r"], a["y"])
+        assert _rel((plus - minus) / (2 * h), du) < 1e-6
+
+    @for_kinds("backbone")
+    def test_backbone_weights_round_trip_by_name(self, component_case, backend):
+        engine, _, spec = _engine(component_case, backend)
+        fresh, _, _ = _engine(component_case, backend, seed=7)
+        fresh.load_state_arrays(engine.state_arrays())
+        a = _inputs(spec)
+        assert np.array_equal(fresh.predict(a["x"], a["t"], a["r"], a["y"]),
+                              engine.predict(a["x"], a["t"], a["r"], a["y"]))
+
+    # -- objectives ------------------------------------------------------------------------------
+
+    @for_kinds("objective", "schedule")
+    def test_objective_loss_and_gradients(self, component_case, backend):
+        engine, config, spec = _engine(component_case, backend)
+        a = _inputs(spec, n=8)
+        batch, draws = Batch(a["x"], a["y"]), _draws(config, spec, component_case)
+        before = engine.state_arrays()
+        loss, parts, grads = engine.gradients(batch, draws, a["noise"])
+        assert np.isfinite(loss) and all(np.isfinite(v) for v in parts.values())
+        assert grads and set(grads) <= set(before), "gradients must be named like the weights"
+        assert all(np.isfinite(g).all() for g in grads.values())
+        assert any(np.abs(g).max() > 0 for g in grads.values()), "every gradient is zero"
+        assert all(np.array_equal(before[k], v) for k, v in engine.state_arrays().items()), "gradients() moved weights"
+        assert engine.gradients(batch, draws, a["noise"])[0] == loss, "the loss is not a pure function"
+        pair = engine.regression(batch, draws, a["noise"])
+        if pair is not None:
+            assert pair[0].shape == pair[1].shape == a["x"].shape
+            assert np.isfinite(pair[0]).all() and np.isfinite(pair[1]).all()
+
+    @for_kinds("objective", "schedule")
+    def test_train_step_reports_and_applies_the_gradient(self, component_case, backend):
+        engine, config, spec = _engine(component_case, backend)
+        a = _inputs(spec, n=8)
+        batch, draws = Batch(a["x"], a["y"]), _draws(config, spec, component_case)
+        loss, parts, grads = engine.gradients(batch, draws, a["noise"])
+        before = engine.state_arrays()
+        values = engine.train_step(batch, draws, 1e-3, noise=a["noise"])
+        assert _rel(loss, values["loss"]) < 1e-12, "train_step must report the loss of the weights it started from"
+        norm = np.sqrt(sum(float((g ** 2).sum()) for g in grads.values()))
+        assert _rel(norm, values["grad_norm"]) < 1e-10, "grad_norm is the global norm before clipping"
+        assert set(parts) <= set(values)
+        after = engine.state_arrays()
+        moved = [k for k in grads if np.abs(grads[k]).max() > 0 and not np.array_equal(before[k], after[k])]
+        assert moved and all(np.isfinite(v).all() for v in after.values())
+
+    # -- samplers --------------------------------------------------------------------------------
+
+    @for_kinds("sampler")
+    def test_sampler_is_exact_on_a_constant_field(self, component_case, backend):
+        from toolkit.config import config_from_dict
+        from toolkit.registry import get_registry
+
+        component, number, data = component_case
+        registry = get_registry()
+        config = config_from_dict(data, f"example {number} of sampler {component.name}", registry=registry)
+        sampler = registry.load("sampler", component.name, backend)(config.sampler.options)
+        rng = np.random.default_rng(0)
+        noise, velocity = rng.standard_normal((5, 3)), rng.standard_normal(3)
+        calls = []
+        with float64(backend):
+            c = to_backend(backend, velocity)
+
+            def constant_field(z, t, r, y):
+                assert 0.0 <= r <= t <= 1.0, f"called at t={t}, r={r}: times must satisfy 0 <= r <= t <= 1"
+                calls.append((t, r))
+                return z * 0 + c
+
+            out = to_numpy(sampler.sample(constant_field, to_backend(backend, noise), None))
+        # Any consistent sampler moves a point by exactly the velocity over the unit interval.
+        np.testing.assert_allclose(out, noise - velocity, rtol=1e-12, atol=1e-12)
+        assert len(calls) == sampler.nfe, f"{len(calls)} network evaluations, nfe says {sampler.nfe}"
+
+    # -- schedules -------------------------------------------------------------------------------
+
+    @for_kinds("schedule")
+    def test_schedule_keeps_the_draws_well_formed(self, component_case):
+        from toolkit.config import config_from_dict
+        from toolkit.registry import get_registry
+        from toolkit.train import CALIBRATION_DRAWS
+
+        component, number, data = component_case
+        registry = get_registry()
+        config = config_from_dict(data, f"example {number} of schedule {component.name}", registry=registry)
+        spec = registry.load("dataset", config.data.name, registry.backend_names()[0])(config.data.options).spec
+        draw = config.objective.options.draw
+        schedule = registry.load("schedule", component.name, registry.backend_names()[0])(config.schedule.options)
+        schedule.calibrate(draw(np.random.default_rng(4), CALIBRATION_DRAWS, 0, spec))
+        draws = draw(np.random.default_rng(0), 64, 0, spec)
+        for step in (0, 50, 99):
+            out = schedule.apply(draws, step, 100, np.random.default_rng(1))
+            again = schedule.apply(draws, step, 100, np.random.default_rng(1))
+            assert set(out) >= set(draws)
+            for key, value in out.items():
+                assert value.shape == (64,) and np.array_equal(value, again[key])
+                if np.issubdtype(value.dtype, np.floating):
+                    assert np.isfinite(value).all()
+            if "weight" in out:
+                assert (out["weight"] >= 0).all()
+
+
+def _registry():
+    from toolkit.registry import get_registry
+
+    return get_registry()
+
+
+def _single_example(component, data):
+    """``component`` with only the example ``data`` (already completed by the base config)."""
+    import attrs
+
+    return attrs.evolve(component, examples=(data,))
+
+
+def _draws(config, spec, case):
+    """The objective's draws for one batch of 8, through the schedule when the config has one."""
+    from toolkit.registry import get_registry
+    from toolkit.train import CALIBRATION_DRAWS
+
+    draw = config.objective.options.draw
+    draws = draw(np.random.default_rng(2), 8, 0, spec)
+    if config.schedule is not None:
+        registry = get_registry()
+        schedule = registry.load("schedule", config.schedule.name, registry.backend_names()[0])(config.schedule.options)
+        schedule.calibrate(draw(np.random.default_rng(4), CALIBRATION_DRAWS, 0, spec))
+        draws = schedule.apply(draws, 0, 2, np.random.default_rng(3))
+    return draws
