@@ -12,7 +12,7 @@ from toolkit.cli import main
 from toolkit.config import load_config
 from toolkit.hookspecs import hookimpl
 from toolkit.parity import run_parity
-from toolkit.registry import get_registry
+from toolkit.registry import get_registry, reset_registry
 
 KEYS = {"component", "quantity", "max_abs", "max_rel", "tol", "ok"}
 
@@ -94,3 +94,83 @@ def test_run_parity_compares_any_two_backends_it_is_given():
     config = load_config(CONFIGS / "fm_toy2d.yaml", [], registry)
     rows = run_parity(config, registry, ("jax", "torch"))
     assert rows and all(row.ok for row in rows)
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_shipped_config_passes_in_float32(capsys, config):
+    code = main(["parity", str(CONFIGS / config), "--dtype", "float32", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert code == 0 and rows and all(row["ok"] for row in rows)
+
+
+def test_parity_all_covers_each_component_on_its_examples(capsys, monkeypatch):
+    monkeypatch.setenv("TOOLKIT_PLUGINS", "torch_backend,jax_backend,synthetic,mlp,meanflow,samplers")
+    reset_registry()
+    code = main(["parity", "--all", "--json"])
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)
+    assert code == 0 and all(row["ok"] for row in rows)
+    labels = {row["component"] for row in rows}
+    assert labels == {"backbone mlp [example 1]", "backbone mlp [example 2]", "objective meanflow [example 1]",
+                      "objective meanflow [example 2]", "sampler meanflow [example 1]",
+                      "sampler meanflow [example 2]", "sampler euler", "sampler heun"}
+    by = lambda label: {row["quantity"] for row in rows if row["component"] == label}  # noqa: E731
+    assert {"output", "output (null class)", "jvp tangent"} <= by("backbone mlp [example 1]")
+    assert "output (null class)" not in by("backbone mlp [example 2]")  # its example is unconditional
+    assert any(q.startswith("weight after one step") for q in by("backbone mlp [example 1]"))
+    assert {"prediction", "target", "loss"} <= by("objective meanflow [example 1]")
+    assert by("sampler heun") == {"samples (4 NFE)"}
+    assert captured.err.endswith(f"parity ok: {len(rows)} quantities of 5 components (8 examples) within "
+                                 f"tolerance (float64)\n")
+
+
+class _BrokenBackbonePlugin:
+    @hookimpl
+    def register_backbones(self, register):
+        from toolkit.plugins.mlp import MLPOptions
+
+        register("needs_images", {"torch": "toolkit.plugins.dit.torch:DiT", "jax": "toolkit.plugins.dit.jax:DiT"},
+                 options=None, examples=[{"data": {"shape": [2]}}])
+        register("fine_mlp", {"torch": "toolkit.plugins.mlp.torch:MLP", "jax": "toolkit.plugins.mlp.jax:MLP"},
+                 options=MLPOptions, examples=[{"model": {"hidden": 8, "depth": 1, "time_embed_dim": 4}}])
+
+
+def test_a_component_that_cannot_be_built_fails_alone(capsys, monkeypatch):
+    monkeypatch.setenv("TOOLKIT_PLUGINS", "torch_backend,jax_backend,synthetic,mlp,meanflow,samplers")
+    reset_registry()
+    get_registry().add_plugin(_BrokenBackbonePlugin(), "broken_backbones")
+    code = main(["parity", "--all"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    failed = [line for line in out.splitlines() if line.endswith("FAIL")]
+    assert len(failed) == 1 and failed[0].startswith("backbone needs_images ")
+    assert "error: AttributeError: 'NoneType' object has no attribute 'patch'" in failed[0]
+    assert any(line.startswith("backbone fine_mlp") and line.endswith(" ok") for line in out.splitlines())
+    assert any(line.startswith("objective meanflow [example 2]") and line.endswith(" ok") for line in out.splitlines())
+
+
+class _OneSidedRegression:
+    """Flow matching whose JAX half does not provide ``regression``: a mismatch, not a pass."""
+
+    def __init__(self, options, spec):
+        from toolkit.plugins.flow_matching.jax import FlowMatching
+
+        self.loss = FlowMatching(options, spec).loss
+
+
+class _OneSidedPlugin:
+    @hookimpl
+    def register_objectives(self, register):
+        from toolkit.plugins.flow_matching import FlowMatchingOptions
+
+        register("one_sided", {"torch": "toolkit.plugins.flow_matching.torch:FlowMatching",
+                               "jax": _OneSidedRegression}, options=FlowMatchingOptions)
+
+
+def test_regression_in_one_backend_only_fails_on_prediction(capsys):
+    get_registry().add_plugin(_OneSidedPlugin(), "one_sided_plugin")
+    code = main(["parity", str(CONFIGS / "fm_toy2d.yaml"), "--set", "objective.name=one_sided"])
+    out, err = capsys.readouterr()
+    assert code == 1 and err.endswith("first: objective one_sided: prediction\n")
+    assert any(line.startswith("objective one_sided") and " loss " in line and line.endswith(" ok")
+               for line in out.splitlines())

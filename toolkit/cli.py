@@ -120,8 +120,9 @@ def parity(config_path, every, dtype, backends, overrides, as_json):
         click.echo(f"toolkit: parity failed for {len(failed)} of {len(rows)} quantities, first: "
                    f"{failed[0].component}: {failed[0].quantity}", err=True)
         return 1
-    click.echo(f"toolkit: parity ok: {len(rows)} quantities of {len({r.component for r in rows})} "
-               f"components within tolerance ({dtype})", err=True)
+    components = {row.component.split(" [")[0] for row in rows}
+    click.echo(f"toolkit: parity ok: {len(rows)} quantities of {len(components)} components "
+               f"({len({row.component for row in rows})} examples) within tolerance ({dtype})", err=True)
     return 0
 
 
