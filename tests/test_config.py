@@ -87,7 +87,7 @@ def test_component_options_are_validated_by_the_component(tmp_path):
 def test_unknown_component_lists_available_and_closest(tmp_path):
     assert error_of(tmp_path, BASE.replace("name: moons", "name: moon")) == (
         "run.yaml: data.name: unknown dataset 'moon' (did you mean 'moons'?); "
-        "available: checkerboard, eight_gaussians, gaussian, moons, synthetic")
+        "available: checkerboard, eight_gaussians, gaussian, hdf5, moons, synthetic")
 
 
 def test_missing_required_section(tmp_path):

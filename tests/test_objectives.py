@@ -254,7 +254,7 @@ def test_a_trained_model_approaches_the_exact_field(backend, name, tmp_path):
     """Train from scratch on N(1.5, 0.5^2) data, reload the checkpoint, and compare u(z, r, t)
     with the closed form where the data lives, over short and long gaps."""
     from tests_paths import CONFIGS
-    from toolkit.checkpoint import load_checkpoint
+    from toolkit.checkpoint import MODEL_PREFIX, load_checkpoint, prefixed
     from toolkit.config import load_config
     from toolkit.train import train
 
@@ -264,6 +264,7 @@ def test_a_trained_model_approaches_the_exact_field(backend, name, tmp_path):
         "eval.num_samples=500", "logging.progress=false"], registry, backend=backend)
     train(config, backend, registry, out_dir=tmp_path)
     arrays, _ = load_checkpoint(tmp_path / "checkpoints" / "step_00003000.safetensors")
+    weights = prefixed(arrays, MODEL_PREFIX)
     rng = np.random.default_rng(0)
     t = rng.uniform(0.05, 1.0, 2000)
     r = t * rng.random(2000)
@@ -273,11 +274,11 @@ def test_a_trained_model_approaches_the_exact_field(backend, name, tmp_path):
         if backend == "torch":
             import torch
 
-            model.load_state_dict({k[len("model."):]: torch.from_numpy(v).double() for k, v in arrays.items()})
+            model.load_state_dict({k: torch.from_numpy(v).double() for k, v in weights.items()})
         else:
             from toolkit.backends.jax.weights import load_named_arrays
 
-            model = load_named_arrays(model, {k[len("model."):]: v for k, v in arrays.items()})
+            model = load_named_arrays(model, weights)
         u = to_numpy(call_backbone(backend, model, *(to_backend(backend, a) for a in (z, t, r))))
     exact = exact_average_velocity(z, t[:, None], r[:, None], MEAN, STD, np)
     # Relative to the field itself (an untrained network predicts about 0, error 1). Torch

@@ -84,7 +84,8 @@ def test_weights_copied_between_backends_do_not_alias():
     rng = np.random.default_rng(0)
     from toolkit.interfaces import Batch
 
-    torch_engine.train_step(Batch(rng.standard_normal((8, 2))), config.objective.options.draw(rng, 8, 0, spec), 1e-2)
+    torch_engine.train_step(Batch(rng.standard_normal((8, 2))), config.objective.options.draw(rng, 8, 0, spec), 1e-2,
+                            rng.standard_normal((8, 2)))
     after = jax_engine.state_arrays()
     assert all(np.array_equal(before[k], after[k]) for k in before)
 

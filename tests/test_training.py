@@ -14,6 +14,7 @@ from toolkit.config import load_config
 from toolkit.errors import DivergenceError
 from toolkit.hookspecs import hookimpl
 from toolkit.registry import get_registry
+from toolkit.config import ema_decay
 from toolkit.train import learning_rate, train
 
 
@@ -96,7 +97,7 @@ class PoisonedDataset:
 
         self.spec = DataSpec((2,))
 
-    def batches(self, batch_size, seed):
+    def batches(self, batch_size, seed, start=0):
         from toolkit.interfaces import Batch
 
         rng = np.random.default_rng(seed)
@@ -142,3 +143,46 @@ def test_meanflow_learns_one_step_sampling(backend, tmp_path):
 def test_every_shipped_config_validates_and_runs(backend, tmp_path, config):
     results = toy_run(backend, tmp_path, "run.steps=3", "eval.num_samples=64", config=CONFIGS / config)
     assert results["step"] == 3 and all(np.isfinite(v) for v in results.values())
+
+
+def test_ema_follows_its_recursion(backend):
+    """a_k = a_{k-1} + (1 - d_k)(w_k - a_{k-1}) from a_0 = w_0, with d_k the warmed-up decay,
+    checked against the weights each step leaves (two steps, two decays)."""
+    from toolkit.interfaces import Batch
+    from toolkit.plugins.toy2d import Checkerboard, Toy2DOptions
+
+    registry = get_registry()
+    config = load_config(CONFIGS / "meanflow_toy2d.yaml", ["ema.decays=[0.5, 0.999]"], registry, backend=backend)
+    dataset = Checkerboard(Toy2DOptions(conditional=True))
+    engine = registry.load("backend", backend, backend)(config, registry, dataset.spec)
+    rng = np.random.default_rng(0)
+    expected = [engine.state_arrays()] * 2
+    for step in (1, 40):
+        batch = next(dataset.batches(32, 0, start=step))
+        draws = config.objective.options.draw(rng, 32, step, dataset.spec)
+        engine.train_step(batch, draws, 1e-2, rng.standard_normal(batch.x.shape).astype(np.float32))
+        decays = [ema_decay(d, step, warmup=True) for d in config.ema.decays]
+        engine.update_ema(decays)
+        weights = engine.state_arrays()
+        expected = [{k: a[k] + (1 - d) * (weights[k] - a[k]) for k in a} for a, d in zip(expected, decays)]
+    assert decays == [0.5, 41 / 50]  # the warm-up caps 0.999 at (1 + 40) / (10 + 40)
+    for average, wanted in zip(engine.ema_arrays(), expected):
+        for name in wanted:
+            np.testing.assert_allclose(average[name], wanted[name], rtol=1e-6, atol=1e-7, err_msg=name)
+    assert not np.allclose(engine.ema_arrays()[1]["layers.0.weight"], weights["layers.0.weight"])
+
+
+def test_evaluation_uses_the_first_average(backend, tmp_path):
+    common = ["run.steps=30", "eval.num_samples=100", "checkpoint.every=30"]
+    ema = toy_run(backend, tmp_path / "ema", *common, "ema.decays=[0.99, 0.5]")
+    raw = toy_run(backend, tmp_path / "raw", *common, "ema.decays=[0.99, 0.5]", "eval.weights=model")
+    assert ema["weights"] == "ema 0.99" and raw["weights"] == "model"
+    assert ema["sliced_wasserstein"] != raw["sliced_wasserstein"]
+    arrays, _ = load_checkpoint(tmp_path / "ema" / "checkpoints" / "step_00000030.safetensors")
+    assert {"ema_0.99.layers.0.weight", "ema_0.5.layers.0.weight", "model.layers.0.weight"} <= set(arrays)
+
+
+def test_ema_warmup():
+    assert ema_decay(0.9999, 1, warmup=True) == pytest.approx(2 / 11)
+    assert ema_decay(0.9999, 10**6, warmup=True) == 0.9999
+    assert ema_decay(0.9999, 1, warmup=False) == 0.9999

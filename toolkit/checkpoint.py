@@ -7,6 +7,10 @@ The format is the same for every backend (``toolkit convert`` moves a file betwe
   key, which is also the dotted Equinox pytree path. Shapes are the writing backend's; they
   differ between backends only by singleton axes (Equinox stores a conv bias as (C, 1, 1),
   torch as (C,)), so a reader reshapes by size in the same element order;
+* arrays ``ema_<decay>.<name>``: the moving average of the weights with that decay (the
+  config's ``ema.decays``, written by Python's ``repr``: ``ema_0.9999.<name>``);
+* arrays ``optimizer.step``, ``optimizer.mu.<name>``, ``optimizer.nu.<name>``: AdamW's step
+  count and moments (what torch calls ``exp_avg``/``exp_avg_sq`` and optax ``mu``/``nu``);
 * metadata (the JSON string under the key ``toolkit``): ``step``, ``backend`` (that wrote
   it), ``config`` (the resolved run config, as ``toolkit config show`` prints it) and
   ``spec`` (``shape`` and ``num_classes`` of the data, so the network can be rebuilt
@@ -25,7 +29,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 from safetensors import safe_open
 
-from toolkit.errors import ToolkitError
+from toolkit.errors import ToolkitError, UsageError
 
 METADATA_KEY = "toolkit"
 
@@ -63,6 +67,84 @@ def checkpoint_metadata(step: int, backend: str, config, spec) -> dict[str, Any]
 
 
 MODEL_PREFIX = "model."
+OPTIMIZER_PREFIX = "optimizer."
+#: config keys a resumed run may change: they do not alter what is computed at a step.
+RESUMABLE_CHANGES = ("run.steps", "run.out_dir", "logging.", "checkpoint.", "eval.")
+
+
+def ema_prefix(decay: float) -> str:
+    return f"ema_{decay!r}."
+
+
+def prefixed(arrays: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """The arrays whose names start with ``prefix``, without it."""
+    return {name[len(prefix):]: value for name, value in arrays.items() if name.startswith(prefix)}
+
+
+def engine_arrays(engine, config) -> dict[str, np.ndarray]:
+    """Everything of an engine a checkpoint holds, under the names above."""
+    arrays = {f"{MODEL_PREFIX}{k}": v for k, v in engine.state_arrays().items()}
+    for decay, average in zip(config.ema.decays, engine.ema_arrays()):
+        arrays.update({f"{ema_prefix(decay)}{k}": v for k, v in average.items()})
+    arrays.update({f"{OPTIMIZER_PREFIX}{k}": v for k, v in engine.optimizer_arrays().items()})
+    return arrays
+
+
+def load_engine_arrays(engine, config, arrays: Mapping[str, np.ndarray]) -> None:
+    """Restore :func:`engine_arrays` (of any backend). A checkpoint without an average of one
+    of the config's decays starts that average from the weights."""
+    model = prefixed(arrays, MODEL_PREFIX)
+    engine.load_state_arrays(model)
+    engine.load_ema_arrays([prefixed(arrays, ema_prefix(decay)) or model for decay in config.ema.decays])
+    engine.load_optimizer_arrays(prefixed(arrays, OPTIMIZER_PREFIX))
+
+
+def weights_for(arrays: Mapping[str, np.ndarray], config, weights: str = "ema") -> tuple[str, dict[str, np.ndarray]]:
+    """``(description, weights)`` to sample with: ``ema`` picks the average of the first of
+    ``ema.decays`` (the raw weights when there is none), ``model`` the raw weights, and a
+    number that average (``"0.999"``)."""
+    decays = tuple(config.ema.decays)
+    if weights == "model" or (weights == "ema" and not decays):
+        return "model", prefixed(arrays, MODEL_PREFIX)
+    decay = decays[0] if weights == "ema" else float(weights)
+    chosen = prefixed(arrays, ema_prefix(decay))
+    if not chosen:
+        stored = ", ".join(["model", *(repr(d) for d in decays)])
+        raise UsageError(f"no EMA weights with decay {decay!r} in the checkpoint; it has: {stored}")
+    return f"ema {decay!r}", chosen
+
+
+def latest_checkpoint(out_dir: Path, config) -> tuple[Path, dict[str, np.ndarray], dict[str, Any]]:
+    """The newest checkpoint of the run in ``out_dir``, checked against ``config``."""
+    from toolkit.config import to_dict
+
+    found = list_checkpoints(Path(out_dir) / "checkpoints")
+    if not found:
+        raise UsageError(f"{out_dir}: no checkpoint to resume from (looked for "
+                         f"{Path(out_dir) / 'checkpoints' / 'step_*.safetensors'}); run without --resume")
+    path = found[-1]
+    arrays, metadata = load_checkpoint(path)
+    stored, current = _flatten(metadata.get("config", {})), _flatten(to_dict(config))
+    changed = sorted(key for key in set(stored) | set(current)
+                     if stored.get(key) != current.get(key) and not key.startswith(RESUMABLE_CHANGES))
+    if changed:
+        details = "; ".join(f"{key}: {stored.get(key)!r} in the checkpoint, {current.get(key)!r} now"
+                            for key in changed[:5])
+        raise UsageError(f"{path}: cannot resume with a different config ({details}). Only "
+                         f"{', '.join(RESUMABLE_CHANGES)} may change")
+    if int(metadata.get("step", 0)) >= config.run.steps:
+        raise UsageError(f"{path}: the run already reached step {metadata['step']} of run.steps="
+                         f"{config.run.steps}; raise run.steps to train further")
+    return path, arrays, metadata
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, Mapping):
+        out = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: data}
 
 
 def checkpoint_path(directory: Path, step: int) -> Path:

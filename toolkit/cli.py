@@ -43,21 +43,26 @@ def _warn_problems(registry) -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Run directory [default: run.out_dir, else runs/<run.name>-<backend>].")
 @click.option("--overwrite", is_flag=True, help="Replace a previous run in the run directory.")
+@click.option("--resume", is_flag=True, help="Continue the run in the run directory from its newest checkpoint.")
 @click.option("--progress/--no-progress", default=None, help="Show a progress bar [default: logging.progress].")
-def run(config_path, backend, overrides, out_dir, overwrite, progress):
+def run(config_path, backend, overrides, out_dir, overwrite, resume, progress):
     """Train the run described by CONFIG, then sample and evaluate it."""
     from toolkit.config import load_config
     from toolkit.train import default_out_dir, prepare_out_dir, train
 
+    if resume and overwrite:
+        raise click.UsageError("--resume continues the run that --overwrite would delete; give one of them")
     registry = _registry()
     _warn_problems(registry)
     registry.get("backend", backend)
     config = load_config(config_path, overrides, registry, backend=backend)
     out_dir = Path(out_dir) if out_dir else default_out_dir(config, backend)
-    prepare_out_dir(out_dir, overwrite)
-    click.echo(f"training {config.run.name!r}: {config.objective.name} on {config.data.name} with "
-               f"{config.model.name}, {config.run.steps} steps, backend {backend} -> {out_dir}", err=True)
-    results = train(config, backend, registry, out_dir=out_dir, progress=progress)
+    if not resume:
+        prepare_out_dir(out_dir, overwrite)
+    click.echo(f"{'resuming' if resume else 'training'} {config.run.name!r}: {config.objective.name} on "
+               f"{config.data.name} with {config.model.name}, {config.run.steps} steps, backend {backend} -> "
+               f"{out_dir}", err=True)
+    results = train(config, backend, registry, out_dir=out_dir, progress=progress, resume=resume)
     click.echo(json.dumps(results))
 
 

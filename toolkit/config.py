@@ -101,6 +101,27 @@ class OptimizerSection:
     grad_clip: float | None = attrs.field(default=None, validator=positive)
 
 
+def ema_decay(decay: float, step: int, warmup: bool) -> float:
+    """The decay applied after optimiser step ``step`` (from 1). With ``warmup`` it is
+    ``min(decay, (1 + step) / (10 + step))``, so the average forgets the random initialisation
+    within a short run instead of after ~1 / (1 - decay) steps."""
+    return min(decay, (1.0 + step) / (10.0 + step)) if warmup else decay
+
+
+@attrs.frozen
+class EmaSection:
+    """Exponential moving averages of the weights, one per decay; evaluation and sampling use
+    the first (``eval.weights``) and every checkpoint stores all of them."""
+
+    decays: tuple[float, ...] = attrs.field(default=(), validator=unit_open)
+    warmup: bool = True
+
+    @decays.validator
+    def _distinct(self, attribute, value):
+        if len(set(value)) != len(value):
+            raise InvalidValue(attribute.name, value, "distinct decays")
+
+
 @attrs.frozen
 class LoggingSection:
     every: int = attrs.field(default=50, validator=positive)
@@ -119,6 +140,9 @@ class EvalSection:
 
     metric: Choice | None = component("metric", optional=True)
     num_samples: int = attrs.field(default=2000, validator=positive)
+    #: ``ema``: the first of ``ema.decays`` (the raw weights when there is none); ``model``:
+    #: the raw weights.
+    weights: Literal["ema", "model"] = "ema"
 
 
 @attrs.frozen
@@ -132,6 +156,7 @@ class Config:
     schedule: Choice | None = component("schedule", optional=True)
     run: RunSection = RunSection()
     optimizer: OptimizerSection = OptimizerSection()
+    ema: EmaSection = EmaSection()
     logging: LoggingSection = LoggingSection()
     checkpoint: CheckpointSection = CheckpointSection()
     eval: EvalSection = EvalSection()

@@ -1,6 +1,7 @@
 """``toolkit convert``: a checkpoint of one backend rewritten for another.
 
-The arrays keep their names (shared by every backend) and take the target backend's shapes;
+The arrays (weights, their moving averages and AdamW state) keep their names, shared by every backend, and take the
+target backend's shapes;
 the target network is built from the checkpoint's own config and data spec, so a checkpoint
 of an architecture the target cannot build, or with missing or mis-sized weights, is an
 error naming the file. Where the source backend is installed too, both networks are run on
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.checkpoint import MODEL_PREFIX, checkpoint_metadata, load_checkpoint, save_checkpoint
+from toolkit.checkpoint import checkpoint_metadata, engine_arrays, load_checkpoint, load_engine_arrays, save_checkpoint
 from toolkit.config import config_from_dict
 from toolkit.errors import BackendUnavailableError, ToolkitError
 from toolkit.interfaces import DataSpec
@@ -35,9 +36,8 @@ def checkpoint_engine(path: Path, arrays: dict, metadata: dict, backend: str, re
     else:  # written before the spec was stored: ask the data set
         spec = registry.load("dataset", config.data.name, backend)(config.data.options).spec
     engine = registry.load("backend", backend, backend)(config, registry, spec)
-    weights = {k[len(MODEL_PREFIX):]: v for k, v in arrays.items() if k.startswith(MODEL_PREFIX)}
     try:
-        engine.load_state_arrays(weights)
+        load_engine_arrays(engine, config, arrays)
     except (ValueError, RuntimeError, KeyError) as error:
         raise ToolkitError(f"{path}: its weights do not fit a {config.model.name} of its own config in "
                            f"{backend}: {error}") from None
@@ -55,8 +55,8 @@ def convert_checkpoint(path: str | Path, target: str, registry, out: str | Path 
     if out.resolve() == path.resolve():
         raise ToolkitError(f"{out}: the output would overwrite the input checkpoint; give another --out")
     engine, config, spec = checkpoint_engine(path, arrays, metadata, target, registry)
-    converted = {f"{MODEL_PREFIX}{k}": v for k, v in engine.state_arrays().items()}
-    dropped = sorted(k for k in arrays if not k.startswith(MODEL_PREFIX))
+    converted = engine_arrays(engine, config)
+    dropped = sorted(set(arrays) - set(converted))
     report = {"out": str(out), "source": source, "target": target, "arrays": len(converted), "dropped": dropped}
     if check and source and source != target:
         try:

@@ -20,7 +20,7 @@ an instance of the attrs class it registered (or None). Classes here are
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Mapping, Protocol
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import attrs
 import numpy as np
@@ -51,8 +51,10 @@ class Dataset(Protocol):
 
     spec: DataSpec
 
-    def batches(self, batch_size: int, seed: int) -> Iterator[Batch]:
-        """An endless stream of training batches, in an order fixed by ``seed``."""
+    def batches(self, batch_size: int, seed: int, start: int = 0) -> Iterator[Batch]:
+        """An endless stream of training batches from batch number ``start`` on. Batch ``i``
+        depends only on ``(seed, batch_size, i)``, so a resumed run continues the stream
+        exactly where a killed one stopped."""
 
     def reference(self, n: int, seed: int) -> Batch:
         """``n`` held-out examples for evaluation (never the training stream)."""
@@ -101,8 +103,6 @@ class Objective(Protocol):
     # both (B, *S), the target already stop-gradient; the parity harness compares both.
 
 
-
-
 class Schedule(Protocol):
     """``Schedule(options)``: changes an objective's draws as training proceeds (NumPy, so one
     implementation serves every backend; a pure function of the step, so a resumed run
@@ -147,6 +147,11 @@ class Metric(Protocol):
 
     def __call__(self, samples: np.ndarray, reference: np.ndarray, seed: int = 0) -> float: ...
 
+    # Optional: metrics that need something learnt from the data (a classifier's feature
+    # space) also provide
+    #   fit(dataset) -> None
+    # called once with the run's Dataset before the first __call__.
+
 
 class Engine(Protocol):
     """``Engine(config, registry, spec)``: one backend's model, optimiser and step.
@@ -156,9 +161,11 @@ class Engine(Protocol):
     """
 
     def train_step(self, batch: Batch, draws: Mapping[str, np.ndarray], lr: float,
-                   noise: np.ndarray | None = None) -> dict[str, float]:
+                   noise: np.ndarray) -> dict[str, float]:
         """One optimiser step at learning rate ``lr``; returns ``loss``, ``grad_norm`` and
-        the objective's parts as floats. ``noise`` (B, *S) replaces the engine's own draw."""
+        the objective's parts as floats. ``noise`` (B, *S) is drawn by the caller, in NumPy
+        like every other random input, so a step is a pure function of its inputs and a
+        resumed run needs no framework RNG state."""
 
     def gradients(self, batch: Batch, draws: Mapping[str, np.ndarray],
                   noise: np.ndarray) -> tuple[float, dict[str, float], dict[str, np.ndarray]]:
@@ -177,6 +184,25 @@ class Engine(Protocol):
 
     def sample(self, sampler: Sampler, noise: np.ndarray, y: np.ndarray | None) -> np.ndarray:
         """Run ``sampler`` on the current weights; NumPy in, NumPy out."""
+
+    def update_ema(self, decays: Sequence[float]) -> None:
+        """Move each average of the weights towards them: ``a += (1 - decay) (w - a)``, with
+        ``decays[k]`` for the k-th of ``config.ema.decays`` (the loop applies the warm-up)."""
+
+    def ema_arrays(self) -> list[dict[str, np.ndarray]]:
+        """The averaged weights, one dict per ``config.ema.decays`` entry, named as
+        :meth:`state_arrays`."""
+
+    def load_ema_arrays(self, averages: Sequence[Mapping[str, np.ndarray]]) -> None:
+        """Restore what :meth:`ema_arrays` returned (any backend's)."""
+
+    def optimizer_arrays(self) -> dict[str, np.ndarray]:
+        """AdamW's state as named NumPy copies: ``step``, ``mu.<parameter>`` and
+        ``nu.<parameter>`` (first and second moments); empty before the first step. The names
+        are the same in every backend, so optimiser state moves between them too."""
+
+    def load_optimizer_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Restore what :meth:`optimizer_arrays` returned (any backend's)."""
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Named NumPy copies of the weights (never views), names shared across backends."""

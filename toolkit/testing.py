@@ -84,7 +84,9 @@ def _backends() -> list[str]:
 
 
 def pytest_generate_tests(metafunc):
-    if "backend" in metafunc.fixturenames and "component_case" not in metafunc.fixturenames:
+    explicit = any("backend" in (m.args[0] if isinstance(m.args[0], (list, tuple)) else m.args[0].split(","))
+                   for m in metafunc.definition.iter_markers("parametrize"))
+    if "backend" in metafunc.fixturenames and "component_case" not in metafunc.fixturenames and not explicit:
         metafunc.parametrize("backend", _backends(), indirect=True)
     cls = metafunc.cls
     if cls is None or not issubclass(cls, ComponentChecks) or "component_case" not in metafunc.fixturenames:

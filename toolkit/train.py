@@ -9,6 +9,7 @@ logging, checkpoints and evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import platform
@@ -21,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.checkpoint import checkpoint_metadata, checkpoint_path, prune_checkpoints, save_checkpoint
-from toolkit.config import Config, OptimizerSection, to_dict
+from toolkit.checkpoint import (checkpoint_metadata, checkpoint_path, engine_arrays, latest_checkpoint,
+                                load_engine_arrays, prune_checkpoints, save_checkpoint, weights_for)
+from toolkit.config import Config, OptimizerSection, ema_decay, to_dict
 from toolkit.errors import DivergenceError, UsageError
 from toolkit.events import EventLog
 
@@ -58,14 +60,26 @@ def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
 
 
 def train(config: Config, backend: str, registry, out_dir: Path | None = None,
-          progress: bool | None = None, overwrite: bool = False) -> dict:
-    """Train, checkpoint, evaluate. Returns the final metrics (also in ``metrics.json``)."""
+          progress: bool | None = None, overwrite: bool = False, resume: bool = False) -> dict:
+    """Train, checkpoint, evaluate. Returns the final metrics (also in ``metrics.json``).
+
+    ``resume`` continues from the newest checkpoint in ``out_dir``: every random input of
+    step i (batch, draws, noise) is a pure function of (seed, i), and the checkpoint holds
+    the weights and the optimiser state, so the resumed run repeats the uninterrupted one."""
     out_dir = Path(out_dir or default_out_dir(config, backend))
-    prepare_out_dir(out_dir, overwrite)
+    checkpoints = out_dir / "checkpoints"
+    restored = latest_checkpoint(out_dir, config) if resume else None
+    if not resume:
+        prepare_out_dir(out_dir, overwrite)
     dataset = registry.load("dataset", config.data.name, backend)(config.data.options)
     spec = dataset.spec
     engine = registry.load("backend", backend, backend)(config, registry, spec)
-    _write_run_info(out_dir / "run.json", config, backend)
+    start = 0
+    if restored is not None:
+        path, arrays, metadata = restored
+        load_engine_arrays(engine, config, arrays)
+        start = int(metadata["step"])
+    _write_run_info(out_dir / "run.json", config, backend, resumed_from=start)
 
     run, steps = config.run, config.run.steps
     draw = config.objective.options.draw
@@ -74,24 +88,26 @@ def train(config: Config, backend: str, registry, out_dir: Path | None = None,
         schedule = registry.load("schedule", config.schedule.name, backend)(config.schedule.options)
         schedule.calibrate(draw(np.random.default_rng([run.seed, 4]), CALIBRATION_DRAWS, 0, spec))
 
-    draw_rng = np.random.default_rng([run.seed, 0])
-    batches = dataset.batches(run.batch_size, run.seed)
-    checkpoints = out_dir / "checkpoints"
-    log = EventLog(out_dir)
-    bar = _progress(steps, config.logging.progress if progress is None else progress)
-    last_time, last_step, last_saved = time.perf_counter(), 0, None
+    batches = dataset.batches(run.batch_size, run.seed, start=start)
+    log = EventLog(out_dir, purge_step=start + 1 if start else None)
+    bar = _progress(steps, config.logging.progress if progress is None else progress, start)
+    last_time, last_step, last_saved = time.perf_counter(), start, restored[0] if restored else None
     try:
-        for step in range(1, steps + 1):
+        for step in range(start + 1, steps + 1):
             lr = learning_rate(config.optimizer, step - 1, steps)
             batch = next(batches)
-            draws = draw(draw_rng, run.batch_size, step - 1, spec)
+            rng = np.random.default_rng([run.seed, 0, step])  # this step's draws and noise, and nothing else's
+            draws = draw(rng, run.batch_size, step - 1, spec)
             if schedule is not None:
-                draws = schedule.apply(draws, step - 1, steps, draw_rng)
+                draws = schedule.apply(draws, step - 1, steps, rng)
+            noise = rng.standard_normal(batch.x.shape, dtype=np.float32)
             try:
-                values = engine.train_step(batch, draws, lr)
+                values = engine.train_step(batch, draws, lr, noise)
             except DivergenceError as error:
                 kept = f"; the last good checkpoint is {last_saved}" if last_saved else ""
                 raise DivergenceError(f"training diverged at step {step}: {error}{kept}") from None
+            if config.ema.decays:
+                engine.update_ema([ema_decay(d, step, config.ema.warmup) for d in config.ema.decays])
             if step % config.logging.every == 0 or step == steps:
                 now = time.perf_counter()
                 rate = (step - last_step) / max(now - last_time, 1e-9)
@@ -100,8 +116,9 @@ def train(config: Config, backend: str, registry, out_dir: Path | None = None,
                 bar.update(step, values["loss"], rate)
                 last_time, last_step = now, step
             if step % config.checkpoint.every == 0 or step == steps:
-                last_saved = save_checkpoint(checkpoint_path(checkpoints, step),
-                                             {f"model.{k}": v for k, v in engine.state_arrays().items()},
+                arrays = engine_arrays(engine, config)
+                log.flush()  # the curve up to a checkpoint survives a kill with it
+                last_saved = save_checkpoint(checkpoint_path(checkpoints, step), arrays,
                                              checkpoint_metadata(step, backend, config, spec))
                 prune_checkpoints(checkpoints, config.checkpoint.keep)
         bar.close()
@@ -119,10 +136,13 @@ def evaluate(config: Config, backend: str, registry, engine, dataset, out_dir: P
     sampler = registry.load("sampler", config.sampler.name, backend)(config.sampler.options)
     reference = dataset.reference(config.eval.num_samples, config.run.seed)
     noise = np.random.default_rng([config.run.seed, 3]).standard_normal(reference.x.shape)
-    samples = engine.sample(sampler, noise, reference.y)
-    results = {"step": step, "nfe": sampler.nfe}
+    with sampling_weights(engine, config, config.eval.weights) as weights:
+        samples = engine.sample(sampler, noise, reference.y)
+    results = {"step": step, "nfe": sampler.nfe, "weights": weights}
     if config.eval.metric is not None:
         metric = registry.load("metric", config.eval.metric.name, backend)(config.eval.metric.options)
+        if hasattr(metric, "fit"):
+            metric.fit(dataset)
         name = config.eval.metric.name
         results[name] = metric(samples, reference.x, seed=config.run.seed)
         # Two anchors for reading the number: untrained (the noise itself) and perfect (a
@@ -140,15 +160,32 @@ def evaluate(config: Config, backend: str, registry, engine, dataset, out_dir: P
     return results
 
 
+@contextlib.contextmanager
+def sampling_weights(engine, config: Config, weights: str = "ema"):
+    """Within the block the engine holds the weights chosen by :func:`weights_for` (yielded
+    as their description); the training weights come back after it."""
+    if weights == "model" or not config.ema.decays:
+        yield "model"
+        return
+    training = engine.state_arrays()
+    description, chosen = weights_for(engine_arrays(engine, config), config, weights)
+    engine.load_state_arrays(chosen)
+    try:
+        yield description
+    finally:
+        engine.load_state_arrays(training)
+
+
 class _progress:
     """A tqdm bar on a terminal; plain lines every 10% elsewhere (CI logs)."""
 
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled, self.bar, self.next_line = total, enabled, None, 0.1
+    def __init__(self, total: int, enabled: bool, start: int = 0):
+        self.total, self.enabled, self.bar = total, enabled, None
+        self.next_line = math.floor(10 * start / total + 1) / 10
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
 
     def update(self, step: int, loss: float, rate: float) -> None:
         if self.bar is not None:
@@ -166,7 +203,7 @@ class _progress:
             self.bar = None
 
 
-def _write_run_info(path: Path, config: Config, backend: str) -> None:
+def _write_run_info(path: Path, config: Config, backend: str, resumed_from: int = 0) -> None:
     versions = {}
     for distribution in ("meanflow-toolkit", "numpy", "torch", "jax", "jaxlib", "equinox", "optax"):
         try:
@@ -175,7 +212,8 @@ def _write_run_info(path: Path, config: Config, backend: str) -> None:
             pass
     info = {"backend": backend, "command": sys.argv, "python": platform.python_version(),
             "versions": versions, "git_revision": _git_revision(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": to_dict(config)}
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed_from_step": resumed_from,
+            "config": to_dict(config)}
     path.write_text(json.dumps(info, indent=2) + "\n")
 
 

@@ -1,4 +1,4 @@
-"""The JAX/Equinox training engine: a jit-compiled pure step of (model, opt_state, batch, key)."""
+"""The JAX/Equinox training engine: jit-compiled pure functions of (model, opt_state, batch, noise)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class JaxEngine:
         jax.config.update("jax_default_matmul_precision", config.run.matmul_precision)
         self.config, self.spec = config, spec
         self.dtype = jnp.dtype(config.run.dtype)
-        model_key, self.key = jax.random.split(jax.random.PRNGKey(config.run.seed))
+        model_key = jax.random.PRNGKey(config.run.seed)
         backbone = registry.load("backbone", config.model.name, "jax")
         model = backbone(config.model.options, spec, key=model_key)
         self.model = jax.tree_util.tree_map(
@@ -33,6 +33,10 @@ class JaxEngine:
         self.tx = optax.inject_hyperparams(optax.adamw)(
             learning_rate=o.lr, b1=o.betas[0], b2=o.betas[1], eps=o.eps, weight_decay=o.weight_decay)
         self.opt_state = self.tx.init(eqx.filter(self.model, eqx.is_inexact_array))
+        #: one averaged copy of the model per ``ema.decays`` entry, in that order (immutable
+        #: pytrees, so starting them all as the model itself copies nothing)
+        self.ema_models = [self.model for _ in config.ema.decays]
+        self._ema = eqx.filter_jit(_update_averages)
         # Compiled once each (op by op, a conv net's gradient takes minutes on the CPU). The
         # gradient and the update are separate programs so that ``gradients`` (parity) and
         # ``train_step`` share one compilation of the loss.
@@ -43,9 +47,7 @@ class JaxEngine:
         self._jvp = eqx.filter_jit(lambda m, x, t, r, y, v: jax.jvp(
             lambda x_, t_, r_: jax.vmap(m)(x_, t_, r_, y), (x, t, r), (v, jnp.ones_like(t), jnp.zeros_like(r))))
 
-    def _loss_and_grads(self, model, x, y, draws, noise, key=None):
-        if noise is None:  # drawn inside the compiled program; injected noise (parity) is an array
-            noise = jax.random.normal(key, x.shape, x.dtype)
+    def _loss_and_grads(self, model, x, y, draws, noise):
         loss_fn = lambda m: self.objective.loss(m, x, y, draws, noise)  # noqa: E731
         return eqx.filter_value_and_grad(loss_fn, has_aux=True)(model)
 
@@ -68,7 +70,7 @@ class JaxEngine:
 
     def gradients(self, batch, draws, noise):
         (loss, parts), grads = self._grads(self.model, self.array(batch.x), self.array(batch.y),
-                                           {k: self.array(v) for k, v in draws.items()}, self.array(noise), None)
+                                           {k: self.array(v) for k, v in draws.items()}, self.array(noise))
         return float(loss), {k: float(v) for k, v in parts.items()}, named_arrays(grads)
 
     def regression(self, batch, draws, noise):
@@ -86,11 +88,9 @@ class JaxEngine:
         u, dudt = self._jvp(self.model, *(self.array(a) for a in (x, t, r, y, v)))
         return np.asarray(u), np.asarray(dudt)
 
-    def train_step(self, batch, draws, lr, noise=None):
-        self.key, key = jax.random.split(self.key)
+    def train_step(self, batch, draws, lr, noise):
         (loss, parts), grads = self._grads(self.model, self.array(batch.x), self.array(batch.y),
-                                           {k: self.array(v) for k, v in draws.items()}, self.array(noise),
-                                           key if noise is None else None)
+                                           {k: self.array(v) for k, v in draws.items()}, self.array(noise))
         model, opt_state, grad_norm = self._update(self.model, self.opt_state, grads, jnp.asarray(lr, self.dtype))
         loss_value, grad_norm = float(loss), float(grad_norm)
         if not math.isfinite(loss_value) or not math.isfinite(grad_norm):
@@ -108,8 +108,52 @@ class JaxEngine:
 
         return np.asarray(sampler.sample(model_fn, self.array(noise), self.array(y)))
 
+    def update_ema(self, decays):
+        self.ema_models = self._ema(self.ema_models, self.model, jnp.asarray(decays, self.dtype))
+
+    def ema_arrays(self):
+        return [named_arrays(average) for average in self.ema_models]
+
+    def load_ema_arrays(self, averages):
+        self.ema_models = [load_named_arrays(average, arrays) for average, arrays in zip(self.ema_models, averages)]
+
+    def optimizer_arrays(self):
+        # AdamW's moments under the parameter names, as torch's exp_avg / exp_avg_sq.
+        adam = _adam_state(self.opt_state)
+        if int(adam.count) == 0:
+            return {}
+        return {"step": np.asarray(float(adam.count)),
+                **{f"mu.{k}": v for k, v in named_arrays(adam.mu).items()},
+                **{f"nu.{k}": v for k, v in named_arrays(adam.nu).items()}}
+
+    def load_optimizer_arrays(self, arrays):
+        if not arrays:
+            return
+        adam = _adam_state(self.opt_state)
+        count = jnp.asarray(int(np.asarray(arrays["step"]).reshape(-1)[0]), adam.count.dtype)
+        restored = adam._replace(count=count, **{
+            m: load_named_arrays(getattr(adam, m), {k[len(m) + 1:]: v for k, v in arrays.items()
+                                                    if k.startswith(m + ".")}) for m in ("mu", "nu")})
+        inner = jax.tree_util.tree_map(lambda node: restored if isinstance(node, optax.ScaleByAdamState) else node,
+                                       self.opt_state.inner_state, is_leaf=_is_adam)
+        self.opt_state = self.opt_state._replace(count=count, inner_state=inner)
+
     def state_arrays(self):
         return named_arrays(self.model)
 
     def load_state_arrays(self, arrays):
         self.model = load_named_arrays(self.model, arrays)
+
+
+def _update_averages(averages, model, decays):
+    """``a + (1 - decay) (p - a)`` for every weight, as ``torch.lerp`` in the torch engine."""
+    return [jax.tree_util.tree_map(lambda a, p: a + (1 - decay) * (p - a) if eqx.is_inexact_array(p) else a,
+                                   average, model) for average, decay in zip(averages, decays)]
+
+
+def _is_adam(node) -> bool:
+    return isinstance(node, optax.ScaleByAdamState)
+
+
+def _adam_state(opt_state) -> optax.ScaleByAdamState:
+    return next(node for node in jax.tree_util.tree_leaves(opt_state, is_leaf=_is_adam) if _is_adam(node))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -27,8 +28,9 @@ class TorchEngine:
         o = config.optimizer
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps,
                                            weight_decay=o.weight_decay)
-        self.generator = torch.Generator().manual_seed(config.run.seed)
         self.options = config.backend_options("torch", TorchOptions())
+        #: one averaged copy of the model per ``ema.decays`` entry, in that order
+        self.ema_models = [copy.deepcopy(self.model).requires_grad_(False) for _ in config.ema.decays]
 
         def loss_fn(x, y, draws, noise):
             return self.objective.loss(self.model, x, y, draws, noise)
@@ -42,8 +44,7 @@ class TorchEngine:
         return tensor.to(self.dtype) if tensor.is_floating_point() else tensor
 
     def _backward(self, batch, draws, noise):
-        x, y = self.tensor(batch.x), self.tensor(batch.y)
-        noise = torch.randn(x.shape, generator=self.generator, dtype=self.dtype) if noise is None else self.tensor(noise)
+        x, y, noise = self.tensor(batch.x), self.tensor(batch.y), self.tensor(noise)
         with jvp_mode(self.options.jvp):
             loss, parts = self.loss_fn(x, y, {k: self.tensor(v) for k, v in draws.items()}, noise)
         self.optimizer.zero_grad(set_to_none=True)
@@ -75,7 +76,7 @@ class TorchEngine:
                           (v, torch.ones_like(t), torch.zeros_like(r)))
         return u.numpy(), dudt.numpy()
 
-    def train_step(self, batch, draws, lr, noise=None):
+    def train_step(self, batch, draws, lr, noise):
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss, parts = self._backward(batch, draws, noise)
@@ -101,15 +102,60 @@ class TorchEngine:
         finally:
             self.model.train()
 
+    @torch.no_grad()
+    def update_ema(self, decays):
+        parameters = [p.detach() for p in self.model.parameters()]
+        for average, decay in zip(self.ema_models, decays):
+            for a, p in zip(average.parameters(), parameters):
+                a.lerp_(p, 1.0 - decay)  # a + (1 - decay) (p - a), as the JAX engine
+            for a, b in zip(average.buffers(), self.model.buffers()):
+                a.copy_(b)
+
+    def ema_arrays(self):
+        return [_numpy_state(average) for average in self.ema_models]
+
+    def load_ema_arrays(self, averages):
+        for average, arrays in zip(self.ema_models, averages):
+            _load_state(average, arrays)
+
+    def optimizer_arrays(self):
+        arrays = {}
+        for name, parameter in self.model.named_parameters():
+            state = self.optimizer.state.get(parameter)
+            if state:  # empty before the first step
+                arrays["step"] = np.asarray(float(state["step"]))
+                arrays[f"mu.{name}"] = state["exp_avg"].detach().cpu().numpy().copy()
+                arrays[f"nu.{name}"] = state["exp_avg_sq"].detach().cpu().numpy().copy()
+        return arrays
+
+    def load_optimizer_arrays(self, arrays):
+        if not arrays:
+            return
+        step = torch.tensor(float(np.asarray(arrays["step"]).reshape(-1)[0]), dtype=torch.float32)
+        for name, parameter in self.model.named_parameters():
+            self.optimizer.state[parameter] = {
+                "step": step.clone(),
+                "exp_avg": torch.from_numpy(np.asarray(arrays[f"mu.{name}"])).reshape(parameter.shape).to(parameter.dtype),
+                "exp_avg_sq": torch.from_numpy(np.asarray(arrays[f"nu.{name}"])).reshape(parameter.shape)
+                .to(parameter.dtype)}
+
     def state_arrays(self):
-        # Copies: a view would change under the next in-place optimiser step (and JAX on the
-        # CPU may wrap NumPy memory without copying it).
-        return {name: value.detach().cpu().numpy().copy() for name, value in self.model.state_dict().items()}
+        return _numpy_state(self.model)
 
     def load_state_arrays(self, arrays):
-        state = self.model.state_dict()
-        missing = sorted(set(state) - set(arrays))
-        if missing:
-            raise ValueError(f"weights missing for: {', '.join(missing)}")
-        self.model.load_state_dict({name: torch.from_numpy(np.asarray(arrays[name])).reshape(value.shape)
-                                    .to(value.dtype) for name, value in state.items()})
+        _load_state(self.model, arrays)
+
+
+def _numpy_state(module: torch.nn.Module) -> dict[str, np.ndarray]:
+    # Copies: a view would change under the next in-place optimiser step (and JAX on the CPU
+    # may wrap NumPy memory without copying it).
+    return {name: value.detach().cpu().numpy().copy() for name, value in module.state_dict().items()}
+
+
+def _load_state(module: torch.nn.Module, arrays) -> None:
+    state = module.state_dict()
+    missing = sorted(set(state) - set(arrays))
+    if missing:
+        raise ValueError(f"weights missing for: {', '.join(missing)}")
+    module.load_state_dict({name: torch.from_numpy(np.asarray(arrays[name])).reshape(value.shape)
+                            .to(value.dtype) for name, value in state.items()})

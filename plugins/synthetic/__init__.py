@@ -36,10 +36,11 @@ class Synthetic:
         y = rng.integers(0, self.spec.num_classes, n) if self.spec.conditional else None
         return Batch(x, y)
 
-    def batches(self, batch_size: int, seed: int) -> Iterator[Batch]:
-        rng = np.random.default_rng([seed, 1])
-        while True:
-            yield self._batch(rng, batch_size)
+    def batches(self, batch_size: int, seed: int, start: int = 0) -> Iterator[Batch]:
+        step = start
+        while True:  # batch i from its own generator, so a resumed run gets the same batches
+            yield self._batch(np.random.default_rng([seed, 1, step]), batch_size)
+            step += 1
 
     def reference(self, n: int, seed: int) -> Batch:
         return self._batch(np.random.default_rng([seed, 2]), n)

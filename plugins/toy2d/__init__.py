@@ -39,10 +39,11 @@ class Toy2D:
         x, mode = self.draw(rng, n)
         return Batch(x, mode.astype(np.int64) if self.options.conditional else None)
 
-    def batches(self, batch_size: int, seed: int) -> Iterator[Batch]:
-        rng = np.random.default_rng([seed, 1])
-        while True:
-            yield self._batch(rng, batch_size)
+    def batches(self, batch_size: int, seed: int, start: int = 0) -> Iterator[Batch]:
+        step = start
+        while True:  # batch i from its own generator, so a resumed run gets the same batches
+            yield self._batch(np.random.default_rng([seed, 1, step]), batch_size)
+            step += 1
 
     def reference(self, n: int, seed: int) -> Batch:
         return self._batch(np.random.default_rng([seed, 2]), n)
