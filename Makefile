@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml setup.py
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/toolkit run configs/fm_toy2d.yaml --backend torch --overwrite
-	$(BIN)/toolkit run configs/fm_toy2d.yaml --backend jax --overwrite
+	$(BIN)/toolkit run configs/meanflow_digits.yaml --backend torch --overwrite
+	$(BIN)/toolkit run configs/meanflow_digits.yaml --backend jax --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -9,7 +9,7 @@ from tests_paths import CONFIGS
 from toolkit.checkpoint import checkpoint_metadata, list_checkpoints, load_checkpoint, save_checkpoint
 from toolkit.cli import main
 from toolkit.config import config_from_dict, load_config, to_dict
-from toolkit.convert import checkpoint_engine
+from toolkit.evaluation import checkpoint_engine
 from toolkit.parity import compare, example_configs
 from toolkit.registry import get_registry
 from toolkit.train import train

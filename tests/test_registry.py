@@ -16,7 +16,8 @@ BUILTINS = {("objective", "flow_matching"), ("objective", "meanflow"), ("objecti
             ("backbone", "mlp"), ("backbone", "dit"), ("sampler", "euler"), ("sampler", "heun"), ("sampler", "meanflow"),
             ("schedule", "meanflow_curriculum"), ("dataset", "gaussian"),
             ("backend", "torch"), ("backend", "jax"), ("dataset", "checkerboard"), ("dataset", "moons"),
-            ("dataset", "eight_gaussians"), ("metric", "sliced_wasserstein")}
+            ("dataset", "eight_gaussians"), ("metric", "sliced_wasserstein"), ("metric", "classifier_fd"),
+            ("metric", "fid"), ("metric", "inception_score")}
 
 EXTRA_OBJECTIVE = """
 from toolkit.hookspecs import hookimpl

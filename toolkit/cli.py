@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
 
 from toolkit.errors import ToolkitError
 
@@ -63,7 +64,8 @@ def run(config_path, backend, overrides, out_dir, overwrite, resume, progress):
                f"{config.data.name} with {config.model.name}, {config.run.steps} steps, backend {backend} -> "
                f"{out_dir}", err=True)
     results = train(config, backend, registry, out_dir=out_dir, progress=progress, resume=resume)
-    click.echo(json.dumps(results))
+    if results is not None:  # None: not the main process of a multi-process run
+        click.echo(json.dumps(results))
 
 
 @cli.command()
@@ -151,6 +153,78 @@ def convert(checkpoint, target, out, check):
     dropped = f"; not carried over: {', '.join(report['dropped'])}" if report["dropped"] else ""
     click.echo(f"{checkpoint} ({report['source']}) -> {report['out']} ({target}): {report['arrays']} arrays"
                f"{checked}{dropped}")
+
+
+def _checkpoint_engine(checkpoint, backend, overrides=()):
+    from toolkit.checkpoint import load_checkpoint
+    from toolkit.evaluation import checkpoint_engine, resolve_checkpoint
+
+    registry = _registry()
+    _warn_problems(registry)
+    registry.get("backend", backend)
+    path = resolve_checkpoint(checkpoint)
+    arrays, metadata = load_checkpoint(path)
+    return (registry, path, metadata, *checkpoint_engine(path, arrays, metadata, backend, registry, overrides))
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(exists=True))
+@click.option("--backend", default="torch", show_default=True, help="Sample with this backend (any checkpoint's).")
+@click.option("--nfe", type=click.IntRange(min=1), default=None, help="Network evaluations [default: the run's sampler].")
+@click.option("--n", "count", type=click.IntRange(min=1), default=100, show_default=True, help="Number of samples.")
+@click.option("--class", "label", type=click.IntRange(min=0), default=None,
+              help="Sample this class only [default: the classes in turn, a row each].")
+@click.option("--guidance", type=float, default=None,
+              help="Classifier-free guidance scale, for samplers that take one (euler, heun).")
+@click.option("--weights", default="ema", show_default=True,
+              help="ema (the first EMA decay of the run), model (raw weights), or an EMA decay such as 0.999.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default="samples.png", show_default=True,
+              help="The picture (PNG); the samples themselves go beside it as .npy.")
+def sample(checkpoint, backend, nfe, count, label, guidance, weights, seed, out):
+    """Draw samples from CHECKPOINT (a checkpoint file or a run directory) into a picture."""
+    from toolkit.evaluation import draw_samples, make_sampler, samples_picture, sampling_weights
+
+    registry, path, metadata, engine, config, spec = _checkpoint_engine(checkpoint, backend)
+    sampler = make_sampler(config, backend, registry, nfe=nfe, guidance=guidance)
+    with sampling_weights(engine, config, weights) as description:
+        samples = draw_samples(engine, sampler, spec, count, seed, label)
+    out = Path(out)
+    title = f"{config.run.name}, step {metadata.get('step')}, {sampler.nfe} NFE, {description} weights"
+    samples_picture(samples, out, title)
+    np.save(out.with_suffix(".npy"), samples)
+    click.echo(f"{path}: {count} samples at {sampler.nfe} NFE with {description} weights -> {out}")
+
+
+@cli.command("eval")
+@click.argument("checkpoint", type=click.Path(exists=True))
+@click.option("--metric", default=None, help="A registered metric [default: the run's eval.metric].")
+@click.option("--backend", default="torch", show_default=True)
+@click.option("--nfe", type=click.IntRange(min=1), default=None, help="Network evaluations [default: the run's sampler].")
+@click.option("--n", "count", type=click.IntRange(min=1), default=None, help="Samples [default: eval.num_samples].")
+@click.option("--weights", default=None, help="ema, model, or an EMA decay [default: eval.weights].")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override the run's config, e.g. --set eval.metric.epochs=5 (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
+def evaluate(checkpoint, metric, backend, nfe, count, weights, overrides, as_json):
+    """Measure samples of CHECKPOINT (a file or a run directory) against held-out data."""
+    from toolkit.evaluation import evaluate as measure
+
+    settings = [*([f"eval.metric={{name: {metric}}}"] if metric else []),
+                *([f"eval.num_samples={count}"] if count else []),
+                *([f"eval.weights={weights}"] if weights else []), *overrides]
+    registry, path, metadata, engine, config, spec = _checkpoint_engine(checkpoint, backend, settings)
+    if config.eval.metric is None:
+        raise click.UsageError("the run has no eval.metric; name one with --metric (see `toolkit plugins`)")
+    dataset = registry.load("dataset", config.data.name, backend)(config.data.options)
+    results, _ = measure(config, backend, registry, engine, dataset, int(metadata.get("step", 0)), nfe=nfe)
+    if as_json:
+        click.echo(json.dumps(results))
+        return
+    name = config.eval.metric.name
+    click.echo(f"{path}: {name} {results[name]:.4g} ({results['nfe']} NFE, {results['weights']} weights, "
+               f"{config.eval.num_samples} samples; noise {results[f'{name}_of_noise']:.4g}, training data "
+               f"{results[f'{name}_of_training_data']:.4g})")
 
 
 @cli.group()

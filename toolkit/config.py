@@ -126,6 +126,11 @@ class EmaSection:
 class LoggingSection:
     every: int = attrs.field(default=50, validator=positive)
     progress: bool = True
+    #: log pictures of samples (TensorBoard ``samples/<nfe>_nfe``) every this many steps; None: never
+    samples_every: int | None = attrs.field(default=None, validator=positive)
+    #: the numbers of network evaluations those pictures are sampled with
+    sample_nfe: tuple[int, ...] = attrs.field(default=(1, 2), validator=check(lambda v: all(n > 0 for n in v),
+                                                                              "positive numbers"))
 
 
 @attrs.frozen
@@ -140,9 +145,10 @@ class EvalSection:
 
     metric: Choice | None = component("metric", optional=True)
     num_samples: int = attrs.field(default=2000, validator=positive)
-    #: ``ema``: the first of ``ema.decays`` (the raw weights when there is none); ``model``:
-    #: the raw weights.
-    weights: Literal["ema", "model"] = "ema"
+    #: ``ema``: the average of the first of ``ema.decays`` (the raw weights when there is none);
+    #: ``model``: the raw weights; a number: the average with that decay.
+    weights: str | float = attrs.field(default="ema", validator=check(
+        lambda v: v in ("ema", "model") or isinstance(v, float), "ema, model, or one of ema.decays"))
 
 
 @attrs.frozen

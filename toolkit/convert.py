@@ -14,34 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.checkpoint import checkpoint_metadata, engine_arrays, load_checkpoint, load_engine_arrays, save_checkpoint
-from toolkit.config import config_from_dict
+from toolkit.checkpoint import checkpoint_metadata, engine_arrays, load_checkpoint, save_checkpoint
 from toolkit.errors import BackendUnavailableError, ToolkitError
-from toolkit.interfaces import DataSpec
+from toolkit.evaluation import checkpoint_engine
 from toolkit.parity import compare
 
 #: relative tolerance of the whole-network check: a deep float32 network accumulates rounding
 #: beyond the per-operation 1e-5 of ``toolkit parity``.
 CHECK_TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
-
-
-def checkpoint_engine(path: Path, arrays: dict, metadata: dict, backend: str, registry):
-    """An engine of ``backend`` holding the model weights of a loaded checkpoint."""
-    if "config" not in metadata:
-        raise ToolkitError(f"{path}: the checkpoint carries no run config (metadata key 'config'); it was not "
-                           f"written by toolkit")
-    config = config_from_dict(metadata["config"], f"{path} (its stored config)", registry=registry)
-    if "spec" in metadata:
-        spec = DataSpec(tuple(metadata["spec"]["shape"]), int(metadata["spec"]["num_classes"]))
-    else:  # written before the spec was stored: ask the data set
-        spec = registry.load("dataset", config.data.name, backend)(config.data.options).spec
-    engine = registry.load("backend", backend, backend)(config, registry, spec)
-    try:
-        load_engine_arrays(engine, config, arrays)
-    except (ValueError, RuntimeError, KeyError) as error:
-        raise ToolkitError(f"{path}: its weights do not fit a {config.model.name} of its own config in "
-                           f"{backend}: {error}") from None
-    return engine, config, spec
 
 
 def convert_checkpoint(path: str | Path, target: str, registry, out: str | Path | None = None,

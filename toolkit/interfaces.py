@@ -209,3 +209,12 @@ class Engine(Protocol):
 
     def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
         """Replace the weights with ``arrays`` (as produced by any backend's ``state_arrays``)."""
+
+    # Optional, for data parallelism over several devices or processes (the loop assumes one
+    # process without them):
+    #   is_main: bool          -- False in every process but one of a multi-process run (torchrun,
+    #                             JAX hosts): those train (train_step must then return the global
+    #                             batch's values on every process) but write and evaluate nothing
+    #   data_parallel: dict    -- recorded in run.json: "processes", "devices", "per_device_batch"
+    #   close() -> None        -- called on every process when training ends (leave a process group)
+    # ``run.batch_size`` is always the global batch, and every process is given all of it.

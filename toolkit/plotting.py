@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 
-def scatter_against_data(samples: np.ndarray, reference: np.ndarray, path: Path, title: str) -> np.ndarray:
-    """Save a side-by-side scatter of 2-D data and samples as PNG; return it as (H, W, 3) uint8."""
+def scatter_against_data(samples: np.ndarray, reference: np.ndarray, path: Path | None, title: str) -> np.ndarray:
+    """A side-by-side scatter of 2-D data and samples as (H, W, 3) uint8, saved as PNG if ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -27,6 +27,40 @@ def scatter_against_data(samples: np.ndarray, reference: np.ndarray, path: Path,
     figure.tight_layout()
     figure.canvas.draw()
     rgb = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
-    figure.savefig(path, dpi=100)
+    if path is not None:
+        figure.savefig(path, dpi=100)
     plt.close(figure)
     return rgb
+
+
+def image_grid(images: np.ndarray, columns: int = 10, min_size: int = 32, pad: int = 1) -> np.ndarray:
+    """Images (N, C, H, W) with values in [-1, 1] (C = 1 or 3) tiled row by row into one
+    (H', W', 3) uint8 picture; images smaller than ``min_size`` are enlarged by an integer factor
+    (nearest neighbour, so 8x8 digits stay sharp)."""
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"expected images (N, C, H, W) with C = 1 or 3, got shape {images.shape}")
+    n, channels, height, width = images.shape
+    pixels = np.clip((images + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    if channels == 1:
+        pixels = np.repeat(pixels, 3, axis=1)
+    factor = max(1, -(-min_size // max(height, width)))
+    pixels = pixels.repeat(factor, axis=2).repeat(factor, axis=3).transpose(0, 2, 3, 1)
+    height, width = height * factor, width * factor
+    columns = min(columns, n)
+    rows = -(-n // columns)
+    grid = np.full((rows * (height + pad) + pad, columns * (width + pad) + pad, 3), 255, dtype=np.uint8)
+    for index, image in enumerate(pixels):
+        top, left = pad + (index // columns) * (height + pad), pad + (index % columns) * (width + pad)
+        grid[top:top + height, left:left + width] = image
+    return grid
+
+
+def save_rgb(rgb: np.ndarray, path: Path) -> None:
+    """An (H, W, 3) uint8 picture as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.image
+
+    matplotlib.image.imsave(str(path), rgb)

@@ -9,7 +9,6 @@ logging, checkpoints and evaluation.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import platform
@@ -23,9 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.checkpoint import (checkpoint_metadata, checkpoint_path, engine_arrays, latest_checkpoint,
-                                load_engine_arrays, prune_checkpoints, save_checkpoint, weights_for)
+                                load_engine_arrays, prune_checkpoints, save_checkpoint)
 from toolkit.config import Config, OptimizerSection, ema_decay, to_dict
 from toolkit.errors import DivergenceError, UsageError
+from toolkit.evaluation import (draw_samples, evaluate, grid_size, make_sampler, picturable, prepared_metric,
+                                samples_picture, sampling_weights)
 from toolkit.events import EventLog
 
 
@@ -54,14 +55,21 @@ def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     if previous and not overwrite:
         raise UsageError(f"{out_dir} already holds a run ({', '.join(sorted(p.name for p in previous))}); "
                          f"choose another --out, or pass --overwrite to replace it")
-    for path in previous:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for path in previous:  # every process of a multi-process run (torchrun) may be removing them at once
+        shutil.rmtree(path, onerror=_unless_gone) if path.is_dir() else path.unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
+def _unless_gone(function, path, error) -> None:
+    if not issubclass(error[0], FileNotFoundError):
+        raise error[1]
+
+
 def train(config: Config, backend: str, registry, out_dir: Path | None = None,
-          progress: bool | None = None, overwrite: bool = False, resume: bool = False) -> dict:
-    """Train, checkpoint, evaluate. Returns the final metrics (also in ``metrics.json``).
+          progress: bool | None = None, overwrite: bool = False, resume: bool = False) -> dict | None:
+    """Train, checkpoint, evaluate. Returns the final metrics (also in ``metrics.json``); None in
+    the processes of a multi-process run other than the main one (``engine.is_main``), which write
+    nothing and do not evaluate.
 
     ``resume`` continues from the newest checkpoint in ``out_dir``: every random input of
     step i (batch, draws, noise) is a pure function of (seed, i), and the checkpoint holds
@@ -74,12 +82,15 @@ def train(config: Config, backend: str, registry, out_dir: Path | None = None,
     dataset = registry.load("dataset", config.data.name, backend)(config.data.options)
     spec = dataset.spec
     engine = registry.load("backend", backend, backend)(config, registry, spec)
+    main = getattr(engine, "is_main", True)  # of several processes (torchrun, JAX hosts) only one writes
     start = 0
     if restored is not None:
         path, arrays, metadata = restored
         load_engine_arrays(engine, config, arrays)
         start = int(metadata["step"])
-    _write_run_info(out_dir / "run.json", config, backend, resumed_from=start)
+    if main:
+        _write_run_info(out_dir / "run.json", config, backend, resumed_from=start,
+                        data_parallel=getattr(engine, "data_parallel", None))
 
     run, steps = config.run, config.run.steps
     draw = config.objective.options.draw
@@ -88,9 +99,10 @@ def train(config: Config, backend: str, registry, out_dir: Path | None = None,
         schedule = registry.load("schedule", config.schedule.name, backend)(config.schedule.options)
         schedule.calibrate(draw(np.random.default_rng([run.seed, 4]), CALIBRATION_DRAWS, 0, spec))
 
+    metric = prepared_metric(config, backend, registry, dataset)  # now: a metric that cannot fit fails early
     batches = dataset.batches(run.batch_size, run.seed, start=start)
-    log = EventLog(out_dir, purge_step=start + 1 if start else None)
-    bar = _progress(steps, config.logging.progress if progress is None else progress, start)
+    log = EventLog(out_dir, purge_step=start + 1 if start else None) if main else _NoLog()
+    bar = _progress(steps, main and (config.logging.progress if progress is None else progress), start)
     last_time, last_step, last_saved = time.perf_counter(), start, restored[0] if restored else None
     try:
         for step in range(start + 1, steps + 1):
@@ -115,65 +127,49 @@ def train(config: Config, backend: str, registry, out_dir: Path | None = None,
                              "samples_per_second": rate * run.batch_size}, step, prefix="train/")
                 bar.update(step, values["loss"], rate)
                 last_time, last_step = now, step
-            if step % config.checkpoint.every == 0 or step == steps:
+            if main and config.logging.samples_every and (step % config.logging.samples_every == 0 or step == steps):
+                log_sample_grids(config, backend, registry, engine, spec, log, step)
+            if main and (step % config.checkpoint.every == 0 or step == steps):
                 arrays = engine_arrays(engine, config)
                 log.flush()  # the curve up to a checkpoint survives a kill with it
                 last_saved = save_checkpoint(checkpoint_path(checkpoints, step), arrays,
                                              checkpoint_metadata(step, backend, config, spec))
                 prune_checkpoints(checkpoints, config.checkpoint.keep)
         bar.close()
-        results = evaluate(config, backend, registry, engine, dataset, out_dir, log, steps)
+        if not main:  # the main process evaluates alone; the others are done
+            return None
+        results, samples = evaluate(config, backend, registry, engine, dataset, steps, metric=metric)
+        name = config.eval.metric.name if config.eval.metric else None
+        if name:
+            log.scalars({name: results[name]}, steps, prefix="eval/")
+        if picturable(samples):
+            title = f"{config.run.name} ({backend}), step {steps}, {results['nfe']} NFE, {results['weights']} weights"
+            if samples.ndim == 2:  # points: all of them, beside the held-out data
+                rgb = samples_picture(samples, out_dir / "samples.png", title,
+                                      dataset.reference(len(samples), config.run.seed).x)
+            else:  # images: a row per class, as the pictures logged during training
+                with sampling_weights(engine, config, config.eval.weights):
+                    grid = draw_samples(engine, make_sampler(config, backend, registry), spec,
+                                        grid_size(spec), config.run.seed)
+                rgb = samples_picture(grid, out_dir / "samples.png", title)
+            log.image("eval/samples", rgb, steps)
     finally:
         bar.close()
         log.close()
+        if hasattr(engine, "close"):
+            engine.close()  # leaves a multi-process run's process group
     (out_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
 
 
-def evaluate(config: Config, backend: str, registry, engine, dataset, out_dir: Path, log: EventLog,
-             step: int) -> dict:
-    """Sample ``eval.num_samples`` with the configured sampler; compare with held-out data."""
-    sampler = registry.load("sampler", config.sampler.name, backend)(config.sampler.options)
-    reference = dataset.reference(config.eval.num_samples, config.run.seed)
-    noise = np.random.default_rng([config.run.seed, 3]).standard_normal(reference.x.shape)
-    with sampling_weights(engine, config, config.eval.weights) as weights:
-        samples = engine.sample(sampler, noise, reference.y)
-    results = {"step": step, "nfe": sampler.nfe, "weights": weights}
-    if config.eval.metric is not None:
-        metric = registry.load("metric", config.eval.metric.name, backend)(config.eval.metric.options)
-        if hasattr(metric, "fit"):
-            metric.fit(dataset)
-        name = config.eval.metric.name
-        results[name] = metric(samples, reference.x, seed=config.run.seed)
-        # Two anchors for reading the number: untrained (the noise itself) and perfect (a
-        # second held-out draw of the same size; finite samples put a floor under any metric).
-        results[f"{name}_of_noise"] = metric(noise, reference.x, seed=config.run.seed)
-        floor = dataset.reference(config.eval.num_samples, config.run.seed + 1).x
-        results[f"{name}_floor"] = metric(floor, reference.x, seed=config.run.seed)
-        log.scalars({name: results[name]}, step, prefix="eval/")
-    if samples.ndim == 2 and samples.shape[1] == 2:
-        from toolkit.plotting import scatter_against_data
-
-        title = f"{config.run.name} ({backend}), step {step}, {sampler.nfe} NFE"
-        rgb = scatter_against_data(samples, reference.x, out_dir / "samples.png", title)
-        log.image("eval/samples", rgb, step)
-    return results
-
-
-@contextlib.contextmanager
-def sampling_weights(engine, config: Config, weights: str = "ema"):
-    """Within the block the engine holds the weights chosen by :func:`weights_for` (yielded
-    as their description); the training weights come back after it."""
-    if weights == "model" or not config.ema.decays:
-        yield "model"
-        return
-    training = engine.state_arrays()
-    description, chosen = weights_for(engine_arrays(engine, config), config, weights)
-    engine.load_state_arrays(chosen)
-    try:
-        yield description
-    finally:
-        engine.load_state_arrays(training)
+def log_sample_grids(config: Config, backend: str, registry, engine, spec, log: EventLog, step: int) -> None:
+    """Pictures of samples at each of ``logging.sample_nfe`` (the same noise every time, so
+    successive pictures show the model changing, not the noise)."""
+    n = grid_size(spec)
+    with sampling_weights(engine, config, config.eval.weights):
+        for nfe in config.logging.sample_nfe:
+            samples = draw_samples(engine, make_sampler(config, backend, registry, nfe=nfe), spec, n, config.run.seed)
+            log.image(f"samples/{nfe}_nfe", samples_picture(samples, None, f"step {step}, {nfe} NFE"), step)
 
 
 class _progress:
@@ -203,7 +199,21 @@ class _progress:
             self.bar = None
 
 
-def _write_run_info(path: Path, config: Config, backend: str, resumed_from: int = 0) -> None:
+class _NoLog:
+    """The event log of a process that writes nothing (not the main one of a multi-process run)."""
+
+    def scalars(self, *args, **kwargs) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _write_run_info(path: Path, config: Config, backend: str, resumed_from: int = 0,
+                    data_parallel: dict | None = None) -> None:
     versions = {}
     for distribution in ("meanflow-toolkit", "numpy", "torch", "jax", "jaxlib", "equinox", "optax"):
         try:
@@ -213,7 +223,7 @@ def _write_run_info(path: Path, config: Config, backend: str, resumed_from: int 
     info = {"backend": backend, "command": sys.argv, "python": platform.python_version(),
             "versions": versions, "git_revision": _git_revision(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed_from_step": resumed_from,
-            "config": to_dict(config)}
+            "data_parallel": data_parallel, "config": to_dict(config)}
     path.write_text(json.dumps(info, indent=2) + "\n")
 
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from toolkit.backends.jax.sharding import data_sharding
 from toolkit.backends.jax.weights import load_named_arrays, named_arrays
 from toolkit.errors import DivergenceError
 
@@ -21,6 +22,10 @@ class JaxEngine:
         jax.config.update("jax_default_matmul_precision", config.run.matmul_precision)
         self.config, self.spec = config, spec
         self.dtype = jnp.dtype(config.run.dtype)
+        #: the batch split over every device when JAX sees several (backends/jax/sharding.py), else a
+        #: no-op; first, as it may join other hosts, which must happen before any computation
+        self.sharding = data_sharding(config.run.batch_size)
+        self.is_main, self.data_parallel = self.sharding.is_main, self.sharding.info()
         model_key = jax.random.PRNGKey(config.run.seed)
         backbone = registry.load("backbone", config.model.name, "jax")
         model = backbone(config.model.options, spec, key=model_key)
@@ -33,6 +38,7 @@ class JaxEngine:
         self.tx = optax.inject_hyperparams(optax.adamw)(
             learning_rate=o.lr, b1=o.betas[0], b2=o.betas[1], eps=o.eps, weight_decay=o.weight_decay)
         self.opt_state = self.tx.init(eqx.filter(self.model, eqx.is_inexact_array))
+        self.model, self.opt_state = self.sharding.replicate((self.model, self.opt_state))
         #: one averaged copy of the model per ``ema.decays`` entry, in that order (immutable
         #: pytrees, so starting them all as the model itself copies nothing)
         self.ema_models = [self.model for _ in config.ema.decays]
@@ -69,16 +75,15 @@ class JaxEngine:
         return jnp.asarray(array, dtype=self.dtype if np.issubdtype(array.dtype, np.floating) else None)
 
     def gradients(self, batch, draws, noise):
-        (loss, parts), grads = self._grads(self.model, self.array(batch.x), self.array(batch.y),
-                                           {k: self.array(v) for k, v in draws.items()}, self.array(noise))
+        (loss, parts), grads = self._grads(self.model, *self.sharding.shard(
+            self.array(batch.x), self.array(batch.y), {k: self.array(v) for k, v in draws.items()}, self.array(noise)))
         return float(loss), {k: float(v) for k, v in parts.items()}, named_arrays(grads)
 
     def regression(self, batch, draws, noise):
         if not hasattr(self.objective, "regression"):
             return None
-        prediction, target = self._regression(
-            self.model, self.array(batch.x), self.array(batch.y), {k: self.array(v) for k, v in draws.items()},
-            self.array(noise))
+        prediction, target = self._regression(self.model, *self.sharding.shard(
+            self.array(batch.x), self.array(batch.y), {k: self.array(v) for k, v in draws.items()}, self.array(noise)))
         return np.asarray(prediction), np.asarray(target)
 
     def predict(self, x, t, r, y=None):
@@ -89,8 +94,8 @@ class JaxEngine:
         return np.asarray(u), np.asarray(dudt)
 
     def train_step(self, batch, draws, lr, noise):
-        (loss, parts), grads = self._grads(self.model, self.array(batch.x), self.array(batch.y),
-                                           {k: self.array(v) for k, v in draws.items()}, self.array(noise))
+        (loss, parts), grads = self._grads(self.model, *self.sharding.shard(
+            self.array(batch.x), self.array(batch.y), {k: self.array(v) for k, v in draws.items()}, self.array(noise)))
         model, opt_state, grad_norm = self._update(self.model, self.opt_state, grads, jnp.asarray(lr, self.dtype))
         loss_value, grad_norm = float(loss), float(grad_norm)
         if not math.isfinite(loss_value) or not math.isfinite(grad_norm):
@@ -115,7 +120,8 @@ class JaxEngine:
         return [named_arrays(average) for average in self.ema_models]
 
     def load_ema_arrays(self, averages):
-        self.ema_models = [load_named_arrays(average, arrays) for average, arrays in zip(self.ema_models, averages)]
+        self.ema_models = self.sharding.replicate(
+            [load_named_arrays(average, arrays) for average, arrays in zip(self.ema_models, averages)])
 
     def optimizer_arrays(self):
         # AdamW's moments under the parameter names, as torch's exp_avg / exp_avg_sq.
@@ -136,13 +142,13 @@ class JaxEngine:
                                                     if k.startswith(m + ".")}) for m in ("mu", "nu")})
         inner = jax.tree_util.tree_map(lambda node: restored if isinstance(node, optax.ScaleByAdamState) else node,
                                        self.opt_state.inner_state, is_leaf=_is_adam)
-        self.opt_state = self.opt_state._replace(count=count, inner_state=inner)
+        self.opt_state = self.sharding.replicate(self.opt_state._replace(count=count, inner_state=inner))
 
     def state_arrays(self):
         return named_arrays(self.model)
 
     def load_state_arrays(self, arrays):
-        self.model = load_named_arrays(self.model, arrays)
+        self.model = self.sharding.replicate(load_named_arrays(self.model, arrays))
 
 
 def _update_averages(averages, model, decays):

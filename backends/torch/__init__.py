@@ -14,7 +14,8 @@ class TorchOptions:
     #: torch.compile the whole loss function, JVP included (compiles once, ~30 s on 2 cores).
     compile: bool = False
     #: how JVPs are taken: ``func`` (torch.func.jvp) or ``forward_ad`` (dual tensors, which
-    #: also work through DistributedDataParallel).
+    #: also work through DistributedDataParallel). Under torchrun (several processes, DDP) the
+    #: engine always takes ``forward_ad``: see toolkit/backends/torch/distributed.py.
     jvp: Literal["func", "forward_ad"] = "func"
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import copy
 import math
 
+import attrs
 import numpy as np
 import torch
 
 from toolkit.backends.torch import TorchOptions
+from toolkit.backends.torch.distributed import data_parallel
 from toolkit.backends.torch.jvp import jvp, jvp_mode
 from toolkit.errors import DivergenceError
 
@@ -31,11 +33,20 @@ class TorchEngine:
         self.options = config.backend_options("torch", TorchOptions())
         #: one averaged copy of the model per ``ema.decays`` entry, in that order
         self.ema_models = [copy.deepcopy(self.model).requires_grad_(False) for _ in config.ema.decays]
+        #: DistributedDataParallel when launched by torchrun (backends/torch/distributed.py), else a
+        #: no-op; the loss goes through ``replicas.module``, everything else uses ``self.model``
+        self.replicas = data_parallel(config, self.model)
+        #: only the main process writes files (run.json, events, checkpoints, samples)
+        self.is_main = self.replicas.is_main
+        self.data_parallel = self.replicas.info()
+        if self.replicas.world_size > 1:  # torch.func.jvp fails through the DDP wrapper
+            self.options = attrs.evolve(self.options, jvp="forward_ad")
 
         def loss_fn(x, y, draws, noise):
-            return self.objective.loss(self.model, x, y, draws, noise)
+            return self.objective.loss(self.replicas.module, x, y, draws, noise)
 
         self.loss_fn = torch.compile(loss_fn) if self.options.compile else loss_fn
+        self.loss_fn = self.replicas.explain_failures(self.loss_fn, compiled=self.options.compile)
 
     def tensor(self, array: np.ndarray | None) -> torch.Tensor | None:
         if array is None:
@@ -79,7 +90,8 @@ class TorchEngine:
     def train_step(self, batch, draws, lr, noise):
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss, parts = self._backward(batch, draws, noise)
+        loss, parts = self._backward(*self.replicas.shard(batch, draws, noise))  # this process's share
+        loss, parts = self.replicas.mean(loss, parts)  # the global batch's, before the finiteness check
         clip = self.config.optimizer.grad_clip
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                                          clip if clip is not None else math.inf))
@@ -89,6 +101,10 @@ class TorchEngine:
                                   f"(loss {loss_value}, gradient norm {grad_norm})")
         self.optimizer.step()
         return {"loss": loss_value, "grad_norm": grad_norm, **{k: float(v) for k, v in parts.items()}}
+
+    def close(self) -> None:
+        """Leave the process group (torchrun); called once when training ends, on every rank."""
+        self.replicas.close()
 
     @torch.no_grad()
     def sample(self, sampler, noise, y):

@@ -56,6 +56,10 @@ class HDF5Options:
     normalize: bool = True
     #: HDF5 chunks kept in memory. 8 (two shuffle windows) reads each chunk once per epoch.
     cache_chunks: int = attrs.field(default=8, validator=positive)
+    #: Build ``path`` from this when it does not exist (any SOURCE of `toolkit data build`,
+    #: with its defaults), e.g. ``sklearn:digits``: a run that makes its own data. None: a
+    #: missing file is an error that says how to build it.
+    source: str | None = None
 
 
 @hookimpl

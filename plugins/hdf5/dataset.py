@@ -52,6 +52,8 @@ class HDF5Dataset:
         self._cache: collections.OrderedDict[int, tuple[np.ndarray, np.ndarray | None]] = collections.OrderedDict()
         self._plans: collections.OrderedDict = collections.OrderedDict()
         self.reads = 0  # blocks read from the file, for tests and curiosity
+        if options.source and not os.path.exists(options.path):
+            _build_missing(options)
         self.info: FileInfo = inspect_file(options.path)  # opens, checks and closes: no handle kept
         info = self.info
         self.spec = DataSpec(info.shape, info.num_classes)
@@ -237,3 +239,20 @@ class HDF5Dataset:
             if y is not None:
                 y[where] = block_y[picks[where] - lo]
         return Batch(x, y)
+
+
+def _build_missing(options: HDF5Options) -> None:
+    import sys
+    from pathlib import Path
+
+    from toolkit.errors import UsageError
+    from toolkit.plugins.hdf5.commands import build_file
+
+    out = Path(options.path)
+    print(f"{out} does not exist: building it from data.source={options.source}", file=sys.stderr, flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        print(build_file(options.source, out), file=sys.stderr, flush=True)
+    except UsageError:
+        if not out.exists():  # another process (a torchrun rank) built it first: fine
+            raise
