@@ -191,3 +191,20 @@ def test_ema_warmup():
     assert ema_decay(0.9999, 1, warmup=True) == pytest.approx(2 / 11)
     assert ema_decay(0.9999, 10**6, warmup=True) == 0.9999
     assert ema_decay(0.9999, 1, warmup=False) == 0.9999
+
+
+def test_bf16_mixed_precision(backend, tmp_path):
+    """torch computes in bfloat16 under autocast: a different, nearby loss curve. JAX asks for
+    bfloat16 matrix products, which XLA's CPU backend ignores: the float32 curve exactly."""
+    common = ["run.steps=20", "logging.every=5", "eval.num_samples=50"]
+    toy_run(backend, tmp_path / "f32", *common)
+    toy_run(backend, tmp_path / "bf16", *common, "run.mixed_precision=bf16")
+    f32, bf16 = ([e.value for e in read_events(tmp_path / n).Scalars("train/loss")] for n in ("f32", "bf16"))
+    assert np.all(np.isfinite(bf16))
+    if backend == "torch":
+        assert f32 != bf16
+        np.testing.assert_allclose(bf16, f32, rtol=5e-2)
+    else:
+        import jax
+
+        assert jax.config.jax_default_matmul_precision == "bfloat16" and bf16 == f32

@@ -85,6 +85,15 @@ class RunSection:
     #: TF32 (torch) / reduced-precision passes (JAX), faster but 1e-3-level different, so
     #: backends no longer agree to float32 tolerance. Both frameworks' own defaults differ.
     matmul_precision: Literal["highest", "high"] = "highest"
+    #: ``bf16``: bfloat16 compute with float32 weights and optimiser state (torch: autocast
+    #: on the CPU and GPUs; JAX: bfloat16 matrix products on GPUs/TPUs, a no-op on the CPU).
+    #: Needs ``dtype: float32``. Backends then agree to about 1e-2, not to float32 tolerance.
+    mixed_precision: Literal["no", "bf16"] = attrs.field(default="no")
+
+    @mixed_precision.validator
+    def _float32_weights(self, attribute, value):
+        if value == "bf16" and self.dtype != "float32":
+            raise InvalidValue(attribute.name, value, f"'no' with dtype {self.dtype} (bf16 keeps float32 weights)")
     out_dir: str | None = None
 
 

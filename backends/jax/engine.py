@@ -19,7 +19,11 @@ class JaxEngine:
     def __init__(self, config, registry, spec):
         if config.run.dtype == "float64":
             jax.config.update("jax_enable_x64", True)
-        jax.config.update("jax_default_matmul_precision", config.run.matmul_precision)
+        # bf16: JAX has no autocast; its counterpart is the precision of every matrix product
+        # and convolution (bfloat16 inputs, float32 accumulation) on GPUs and TPUs. XLA's CPU
+        # backend ignores it and computes in float32.
+        jax.config.update("jax_default_matmul_precision",
+                          "bfloat16" if config.run.mixed_precision == "bf16" else config.run.matmul_precision)
         self.config, self.spec = config, spec
         self.dtype = jnp.dtype(config.run.dtype)
         #: the batch split over every device when JAX sees several (backends/jax/sharding.py), else a

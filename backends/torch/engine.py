@@ -56,7 +56,11 @@ class TorchEngine:
 
     def _backward(self, batch, draws, noise):
         x, y, noise = self.tensor(batch.x), self.tensor(batch.y), self.tensor(noise)
-        with jvp_mode(self.options.jvp):
+        # bf16: matrix products and convolutions in bfloat16, the rest (time embeddings, norms,
+        # the loss) in float32; weights, gradients and AdamW stay float32.
+        mixed = torch.autocast("cpu" if x.device.type == "cpu" else x.device.type, dtype=torch.bfloat16,
+                               enabled=self.config.run.mixed_precision == "bf16")
+        with jvp_mode(self.options.jvp), mixed:
             loss, parts = self.loss_fn(x, y, {k: self.tensor(v) for k, v in draws.items()}, noise)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
