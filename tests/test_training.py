@@ -11,7 +11,7 @@ import pytest
 from tests_paths import CONFIGS
 from toolkit.checkpoint import load_checkpoint
 from toolkit.config import load_config
-from toolkit.errors import DivergenceError
+from toolkit.errors import DivergenceError, UsageError
 from toolkit.hookspecs import hookimpl
 from toolkit.registry import get_registry
 from toolkit.config import ema_decay
@@ -208,3 +208,17 @@ def test_bf16_mixed_precision(backend, tmp_path):
         import jax
 
         assert jax.config.jax_default_matmul_precision == "bfloat16" and bf16 == f32
+
+
+def test_torch_device_option(tmp_path):
+    """``auto`` is the CPU on these machines; a device torch cannot use is a clear error."""
+    results = toy_run("torch", tmp_path / "cpu", "run.steps=5", "eval.num_samples=50", "backend.torch.device=cpu")
+    assert results["step"] == 5
+    import torch
+
+    wrong = [("gpu", "expected auto, cpu, cuda or cuda:N")]
+    if not torch.cuda.is_available():
+        wrong.append(("cuda:0", "torch sees no GPU"))
+    for device, message in wrong:
+        with pytest.raises(UsageError, match=f"backend.torch.device: got '{device}'.*{message}"):
+            toy_run("torch", tmp_path / device, "run.steps=5", f"backend.torch.device={device}")

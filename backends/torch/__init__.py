@@ -17,6 +17,9 @@ class TorchOptions:
     #: also work through DistributedDataParallel). Under torchrun (several processes, DDP) the
     #: engine always takes ``forward_ad``: see toolkit/backends/torch/distributed.py.
     jvp: Literal["func", "forward_ad"] = "func"
+    #: where the model trains: ``auto`` (a GPU when torch sees one, under torchrun the one of
+    #: ``LOCAL_RANK``; else the CPU), or a torch device such as ``cpu`` or ``cuda:1``.
+    device: str = "auto"
 
 
 @hookimpl

@@ -6,7 +6,7 @@ Launch one process per device with ``torchrun``; nothing in the config changes::
     # several machines: torchrun --nnodes=M --node_rank=I --rdzv_backend=c10d --rdzv_endpoint=HOST:PORT ...
 
 When ``WORLD_SIZE`` > 1 (set by torchrun) the engine joins the process group (``gloo`` for a model
-on the CPU, ``nccl`` for one on a GPU; the engine currently places the model on the CPU) and trains
+on the CPU, ``nccl`` for one on a GPU: ``backend.torch.device``) and trains
 through a ``DistributedDataParallel`` wrapper. ``run.batch_size`` stays the *global* batch: every
 process draws the same global batch, objective draws and noise (pure functions of (seed, step),
 see :mod:`toolkit.train`) and trains on its share of them; DDP averages the gradients, which

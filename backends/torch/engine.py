@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 
 import attrs
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 from toolkit.backends.torch import TorchOptions
 from toolkit.backends.torch.distributed import data_parallel
 from toolkit.backends.torch.jvp import jvp, jvp_mode
-from toolkit.errors import DivergenceError
+from toolkit.errors import DivergenceError, UsageError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -23,14 +24,16 @@ class TorchEngine:
         self.dtype = DTYPES[config.run.dtype]
         torch.set_float32_matmul_precision(config.run.matmul_precision)  # "high" allows TF32 on GPUs
         torch.manual_seed(config.run.seed)
+        self.options = config.backend_options("torch", TorchOptions())
+        self.device = _device(self.options.device)
         backbone = registry.load("backbone", config.model.name, "torch")
-        self.model = backbone(config.model.options, spec).to(self.dtype)
+        # initialised on the CPU (the same weights whatever the device), then moved
+        self.model = backbone(config.model.options, spec).to(self.dtype).to(self.device)
         objective = registry.load("objective", config.objective.name, "torch")
         self.objective = objective(config.objective.options, spec)
         o = config.optimizer
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps,
                                            weight_decay=o.weight_decay)
-        self.options = config.backend_options("torch", TorchOptions())
         #: one averaged copy of the model per ``ema.decays`` entry, in that order
         self.ema_models = [copy.deepcopy(self.model).requires_grad_(False) for _ in config.ema.decays]
         #: DistributedDataParallel when launched by torchrun (backends/torch/distributed.py), else a
@@ -51,14 +54,14 @@ class TorchEngine:
     def tensor(self, array: np.ndarray | None) -> torch.Tensor | None:
         if array is None:
             return None
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        tensor = torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
         return tensor.to(self.dtype) if tensor.is_floating_point() else tensor
 
     def _backward(self, batch, draws, noise):
         x, y, noise = self.tensor(batch.x), self.tensor(batch.y), self.tensor(noise)
         # bf16: matrix products and convolutions in bfloat16, the rest (time embeddings, norms,
         # the loss) in float32; weights, gradients and AdamW stay float32.
-        mixed = torch.autocast("cpu" if x.device.type == "cpu" else x.device.type, dtype=torch.bfloat16,
+        mixed = torch.autocast(self.device.type, dtype=torch.bfloat16,
                                enabled=self.config.run.mixed_precision == "bf16")
         with jvp_mode(self.options.jvp), mixed:
             loss, parts = self.loss_fn(x, y, {k: self.tensor(v) for k, v in draws.items()}, noise)
@@ -68,7 +71,7 @@ class TorchEngine:
 
     def gradients(self, batch, draws, noise):
         loss, parts = self._backward(batch, draws, noise)
-        grads = {name: p.grad.detach().numpy().copy() for name, p in self.model.named_parameters()}
+        grads = {name: p.grad.detach().cpu().numpy().copy() for name, p in self.model.named_parameters()}
         return float(loss.detach()), {k: float(v) for k, v in parts.items()}, grads
 
     def regression(self, batch, draws, noise):
@@ -78,18 +81,18 @@ class TorchEngine:
             prediction, target = self.objective.regression(
                 self.model, self.tensor(batch.x), self.tensor(batch.y),
                 {k: self.tensor(v) for k, v in draws.items()}, self.tensor(noise))
-        return prediction.numpy(), target.numpy()
+        return prediction.cpu().numpy(), target.cpu().numpy()
 
     @torch.no_grad()
     def predict(self, x, t, r, y=None):
-        return self.model(*(self.tensor(a) for a in (x, t, r, y))).numpy()
+        return self.model(*(self.tensor(a) for a in (x, t, r, y))).cpu().numpy()
 
     def jvp(self, x, t, r, y, v):
         x, t, r, y, v = (self.tensor(a) for a in (x, t, r, y, v))
         with torch.no_grad(), jvp_mode(self.options.jvp):
             u, dudt = jvp(lambda x_, t_, r_: self.model(x_, t_, r_, y), (x, t, r),
                           (v, torch.ones_like(t), torch.zeros_like(r)))
-        return u.numpy(), dudt.numpy()
+        return u.cpu().numpy(), dudt.cpu().numpy()
 
     def train_step(self, batch, draws, lr, noise):
         for group in self.optimizer.param_groups:
@@ -116,9 +119,9 @@ class TorchEngine:
         try:
             def model_fn(z, t, r, labels):
                 batch = (z.shape[0],)
-                return self.model(z, torch.full(batch, t, dtype=self.dtype),
-                                  torch.full(batch, r, dtype=self.dtype), labels)
-            return sampler.sample(model_fn, self.tensor(noise), self.tensor(y)).numpy()
+                return self.model(z, torch.full(batch, t, dtype=self.dtype, device=self.device),
+                                  torch.full(batch, r, dtype=self.dtype, device=self.device), labels)
+            return sampler.sample(model_fn, self.tensor(noise), self.tensor(y)).cpu().numpy()
         finally:
             self.model.train()
 
@@ -151,13 +154,13 @@ class TorchEngine:
     def load_optimizer_arrays(self, arrays):
         if not arrays:
             return
-        step = torch.tensor(float(np.asarray(arrays["step"]).reshape(-1)[0]), dtype=torch.float32)
+        step = torch.tensor(float(np.asarray(arrays["step"]).reshape(-1)[0]), dtype=torch.float32)  # torch keeps it on the CPU
         for name, parameter in self.model.named_parameters():
             self.optimizer.state[parameter] = {
                 "step": step.clone(),
-                "exp_avg": torch.from_numpy(np.asarray(arrays[f"mu.{name}"])).reshape(parameter.shape).to(parameter.dtype),
+                "exp_avg": torch.from_numpy(np.asarray(arrays[f"mu.{name}"])).reshape(parameter.shape).to(parameter),
                 "exp_avg_sq": torch.from_numpy(np.asarray(arrays[f"nu.{name}"])).reshape(parameter.shape)
-                .to(parameter.dtype)}
+                .to(parameter)}
 
     def state_arrays(self):
         return _numpy_state(self.model)
@@ -179,3 +182,19 @@ def _load_state(module: torch.nn.Module, arrays) -> None:
         raise ValueError(f"weights missing for: {', '.join(missing)}")
     module.load_state_dict({name: torch.from_numpy(np.asarray(arrays[name])).reshape(value.shape)
                             .to(value.dtype) for name, value in state.items()})
+
+
+def _device(name: str) -> torch.device:
+    """``auto``: this process's GPU when there is one (``LOCAL_RANK`` under torchrun), else the CPU."""
+    if name != "auto":
+        try:
+            device = torch.device(name)
+        except RuntimeError as error:
+            raise UsageError(f"backend.torch.device: got {name!r}, expected auto, cpu, cuda or cuda:N ({error})") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError(f"backend.torch.device: got {name!r}, but torch sees no GPU (CPU-only build, or none "
+                             f"visible); expected auto or cpu")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    return torch.device("cpu")

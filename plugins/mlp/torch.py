@@ -28,7 +28,7 @@ class MLP(nn.Module):
                  sinusoidal_embedding(second_time(t, r, o.time_inputs) * o.time_scale, o.time_embed_dim)]
         if self.spec.conditional:
             if y is None:
-                y = torch.full(t.shape, self.spec.num_classes, dtype=torch.long)
+                y = torch.full(t.shape, self.spec.num_classes, dtype=torch.long, device=t.device)
             parts.append(self.class_embedding(y))
         h = torch.cat(parts, dim=1)
         for layer in self.layers[:-1]:
