@@ -222,3 +222,35 @@ def test_torch_device_option(tmp_path):
     for device, message in wrong:
         with pytest.raises(UsageError, match=f"backend.torch.device: got '{device}'.*{message}"):
             toy_run("torch", tmp_path / device, "run.steps=5", f"backend.torch.device={device}")
+
+
+def test_smoke_runs_without_the_data_and_a_missing_file_says_how_to_make_it(backend, tmp_path, capsys):
+    from toolkit.cli import main
+
+    missing = tmp_path / "absent.h5"
+    common = [str(CONFIGS / "meanflow_digits.yaml"), "--backend", backend, "--no-progress",
+              "--set", f"data.path={missing}", "--set", "data.source=null"]
+    prepare = f"toolkit data build sklearn:digits --out {missing}"
+    assert main(["run", *common, "--out", str(tmp_path / "real"), "--set", f"data.prepare={prepare}"]) == 2
+    err = capsys.readouterr().err
+    assert f"data.path: {missing} does not exist. Prepare it with:\n    {prepare}\n" in err and "--smoke" in err
+    assert main(["run", *common, "--smoke", "--out", str(tmp_path / "smoke"), "--set", "data.shape=[1, 8, 8]",
+                 "--set", "data.num_classes=10"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"step": 3, "nfe": 1, "weights": "ema 0.999"}
+    arrays, meta = load_checkpoint(tmp_path / "smoke" / "checkpoints" / "step_00000003.safetensors")
+    assert meta["config"]["data"] == {"name": "synthetic", "shape": [1, 8, 8], "num_classes": 10}
+    assert meta["config"]["model"]["hidden"] == 512 and meta["config"]["objective"]["ratio"] == 0.75  # the config's own
+    assert not missing.exists()
+
+
+def test_data_shape_and_classes_are_checked_against_the_file(tmp_path):
+    from toolkit.plugins.hdf5 import HDF5Options
+    from toolkit.plugins.hdf5.dataset import HDF5Dataset
+    from toolkit.plugins.hdf5.format import DataError
+
+    path = str(tmp_path / "digits.h5")
+    assert HDF5Dataset(HDF5Options(path=path, source="sklearn:digits", shape=(1, 8, 8), num_classes=10)).spec.num_classes == 10
+    with pytest.raises(DataError, match=r"holds shape \(1, 8, 8\), but the config's data.shape expects \(4, 32, 32\)"):
+        HDF5Dataset(HDF5Options(path=path, shape=(4, 32, 32)))
+    with pytest.raises(DataError, match="holds num_classes 10, but the config's data.num_classes expects 1000"):
+        HDF5Dataset(HDF5Options(path=path, num_classes=1000))

@@ -46,10 +46,12 @@ def _warn_problems(registry) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace a previous run in the run directory.")
 @click.option("--resume", is_flag=True, help="Continue the run in the run directory from its newest checkpoint.")
 @click.option("--progress/--no-progress", default=None, help="Show a progress bar [default: logging.progress].")
-def run(config_path, backend, overrides, out_dir, overwrite, resume, progress):
+@click.option("--smoke", is_flag=True, help="A few steps of the config's architecture and objective on random data of "
+                                           "the data's shape (no data needed), a batch of 4, no metric.")
+def run(config_path, backend, overrides, out_dir, overwrite, resume, progress, smoke):
     """Train the run described by CONFIG, then sample and evaluate it."""
     from toolkit.config import load_config
-    from toolkit.train import default_out_dir, prepare_out_dir, train
+    from toolkit.train import default_out_dir, prepare_out_dir, smoke_config, train
 
     if resume and overwrite:
         raise click.UsageError("--resume continues the run that --overwrite would delete; give one of them")
@@ -57,6 +59,8 @@ def run(config_path, backend, overrides, out_dir, overwrite, resume, progress):
     _warn_problems(registry)
     registry.get("backend", backend)
     config = load_config(config_path, overrides, registry, backend=backend)
+    if smoke:
+        config = smoke_config(config, registry, backend)
     out_dir = Path(out_dir) if out_dir else default_out_dir(config, backend)
     if not resume:
         prepare_out_dir(out_dir, overwrite)

@@ -19,6 +19,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+import attrs
 import numpy as np
 
 from toolkit.checkpoint import (checkpoint_metadata, checkpoint_path, engine_arrays, latest_checkpoint,
@@ -43,6 +44,33 @@ def learning_rate(optimizer: OptimizerSection, step: int, total_steps: int) -> f
 
 def default_out_dir(config: Config, backend: str) -> Path:
     return Path(config.run.out_dir or Path("runs") / f"{config.run.name}-{backend}")
+
+
+#: ``--smoke``: steps and batch; the batch is small because the point is the code path of the
+#: full architecture (a paper config's DiT-XL/2 on a CPU), and 4 keeps one r < t pair at ratio 0.25.
+SMOKE_STEPS, SMOKE_BATCH = 3, 4
+
+
+def smoke_config(config: Config, registry, backend: str) -> Config:
+    """The run of ``config`` with its data replaced by random data of the same shape and classes
+    (from ``data.shape``/``data.num_classes`` when the data section states them, else from the
+    data set itself), :data:`SMOKE_STEPS` steps of :data:`SMOKE_BATCH`, and no metric (its
+    reference data or weights may be missing too). Everything else, architecture included, is
+    the config's."""
+    from toolkit.config import Choice, EvalSection
+
+    options = config.data.options
+    shape, classes = getattr(options, "shape", None), getattr(options, "num_classes", None)
+    if shape is None or classes is None:
+        spec = registry.load("dataset", config.data.name, backend)(options).spec
+        shape, classes = spec.shape, spec.num_classes
+    data = Choice("synthetic", registry.get("dataset", "synthetic").options(shape=tuple(shape), num_classes=classes))
+    return attrs.evolve(
+        config, data=data,
+        run=attrs.evolve(config.run, steps=SMOKE_STEPS, batch_size=SMOKE_BATCH, name=f"{config.run.name}-smoke"),
+        logging=attrs.evolve(config.logging, every=1, samples_every=None),
+        checkpoint=attrs.evolve(config.checkpoint, every=SMOKE_STEPS),
+        eval=EvalSection(metric=None, num_samples=SMOKE_BATCH, weights=config.eval.weights))
 
 
 CALIBRATION_DRAWS = 2**16

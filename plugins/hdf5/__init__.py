@@ -60,6 +60,13 @@ class HDF5Options:
     #: with its defaults), e.g. ``sklearn:digits``: a run that makes its own data. None: a
     #: missing file is an error that says how to build it.
     source: str | None = None
+    #: What the file must hold, checked when it is opened; also the shape and classes
+    #: ``toolkit run --smoke`` draws random data of when the file is absent. None: anything.
+    shape: tuple[int, ...] | None = attrs.field(default=None, validator=check(
+        lambda s: len(s) > 0 and all(n > 0 for n in s), "positive sizes, e.g. [4, 32, 32]"))
+    num_classes: int | None = attrs.field(default=None, validator=non_negative)
+    #: The commands that make ``path``, printed when it is missing (e.g. ``toolkit data encode ...``).
+    prepare: str | None = None
 
 
 @hookimpl

@@ -29,6 +29,7 @@ from typing import Iterator
 import h5py
 import numpy as np
 
+from toolkit.errors import UsageError
 from toolkit.interfaces import Batch, DataSpec
 from toolkit.plugins.hdf5 import HDF5Options
 from toolkit.plugins.hdf5.format import DataError, FileInfo, Split, inspect_file
@@ -52,11 +53,19 @@ class HDF5Dataset:
         self._cache: collections.OrderedDict[int, tuple[np.ndarray, np.ndarray | None]] = collections.OrderedDict()
         self._plans: collections.OrderedDict = collections.OrderedDict()
         self.reads = 0  # blocks read from the file, for tests and curiosity
-        if options.source and not os.path.exists(options.path):
-            _build_missing(options)
+        if not os.path.exists(options.path):
+            if options.source:
+                _build_missing(options)
+            elif options.prepare:
+                raise UsageError(f"data.path: {options.path} does not exist. Prepare it with:\n    {options.prepare}\n"
+                                 f"or exercise the run without it: toolkit run CONFIG --smoke")
         self.info: FileInfo = inspect_file(options.path)  # opens, checks and closes: no handle kept
         info = self.info
         self.spec = DataSpec(info.shape, info.num_classes)
+        for key, expected, found in (("shape", options.shape, info.shape),
+                                     ("num_classes", options.num_classes, info.num_classes)):
+            if expected is not None and tuple(np.atleast_1d(expected)) != tuple(np.atleast_1d(found)):
+                raise DataError(options.path, f"holds {key} {found}, but the config's data.{key} expects {expected}")
         self.num_train, self.held_out = self._split_training(info, options.holdout)
         self.block_rows = info.train.chunk_rows
         self.num_blocks = -(-self.num_train // self.block_rows)
@@ -245,7 +254,6 @@ def _build_missing(options: HDF5Options) -> None:
     import sys
     from pathlib import Path
 
-    from toolkit.errors import UsageError
     from toolkit.plugins.hdf5.commands import build_file
 
     out = Path(options.path)
