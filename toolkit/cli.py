@@ -185,19 +185,25 @@ def _checkpoint_engine(checkpoint, backend, overrides=()):
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default="samples.png", show_default=True,
               help="The picture (PNG); the samples themselves go beside it as .npy.")
-def sample(checkpoint, backend, nfe, count, label, guidance, weights, seed, out):
+@click.option("--vae", "vae_path", type=click.Path(), default=None,
+              help="Decode latent samples with this diffusers VAE folder [default: the one the run's hdf5 data "
+                   "file records, if any].")
+def sample(checkpoint, backend, nfe, count, label, guidance, weights, seed, out, vae_path):
     """Draw samples from CHECKPOINT (a checkpoint file or a run directory) into a picture."""
     from toolkit.evaluation import draw_samples, make_sampler, samples_picture, sampling_weights
+    from toolkit.plugins.hdf5.latents import decode_samples
 
     registry, path, metadata, engine, config, spec = _checkpoint_engine(checkpoint, backend)
     sampler = make_sampler(config, backend, registry, nfe=nfe, guidance=guidance)
     with sampling_weights(engine, config, weights) as description:
         samples = draw_samples(engine, sampler, spec, count, seed, label)
+    samples, decoded = decode_samples(samples, config, vae_path)  # latents -> images when a VAE is known
     out = Path(out)
     title = f"{config.run.name}, step {metadata.get('step')}, {sampler.nfe} NFE, {description} weights"
     samples_picture(samples, out, title)
     np.save(out.with_suffix(".npy"), samples)
-    click.echo(f"{path}: {count} samples at {sampler.nfe} NFE with {description} weights -> {out}")
+    click.echo(f"{path}: {count} samples at {sampler.nfe} NFE with {description} weights"
+               f"{', ' + decoded if decoded else ''} -> {out}")
 
 
 @cli.command("eval")
@@ -229,6 +235,28 @@ def evaluate(checkpoint, metric, backend, nfe, count, weights, overrides, as_jso
     click.echo(f"{path}: {name} {results[name]:.4g} ({results['nfe']} NFE, {results['weights']} weights, "
                f"{config.eval.num_samples} samples; noise {results[f'{name}_of_noise']:.4g}, training data "
                f"{results[f'{name}_of_training_data']:.4g})")
+
+
+@cli.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value.")
+@click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Data-parallel devices sharing run.batch_size.")
+@click.option("--memory", "memory_gib", type=click.FloatRange(min=0, min_open=True), default=80.0,
+              show_default=True, help="Memory of one device in GiB (80: an H100); above it, a WARNING.")
+@click.option("--dataset-size", type=click.IntRange(min=1), default=None,
+              help="Training examples, for epochs [default: from the data file, else ImageNet's 1,281,167].")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as one JSON object.")
+def plan(config_path, overrides, devices, memory_gib, dataset_size, as_json):
+    """Parameters, memory per device and training length of CONFIG, without running it."""
+    from toolkit.config import load_config
+    from toolkit.plan import format_plan, make_plan, plan_summary
+
+    registry = _registry()
+    _warn_problems(registry)
+    config = load_config(config_path, overrides, registry)
+    result = make_plan(config, registry, devices=devices, memory_gib=memory_gib, dataset_size=dataset_size)
+    click.echo(json.dumps(plan_summary(result)) if as_json else format_plan(result, config))
 
 
 @cli.group()

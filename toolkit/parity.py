@@ -21,7 +21,7 @@ import numpy as np
 
 from toolkit.config import Config, config_from_dict, to_dict
 from toolkit.interfaces import Batch
-from toolkit.train import CALIBRATION_DRAWS
+from toolkit.train import CALIBRATION_DRAWS, data_spec
 
 TOLERANCES = {"float64": 1e-10, "float32": 1e-5}
 #: (component, dtype) -> (tolerance, why). Adam's first update is lr g / (|g| + eps), about
@@ -66,7 +66,7 @@ def run_parity(config: Config, registry, backends: tuple[str, str] = ("torch", "
     """Compare ``backends[1]`` against ``backends[0]`` on the components of ``config``."""
     tol = TOLERANCES[dtype] if tol is None else tol
     config = with_dtype(config, dtype, registry)
-    spec = registry.load("dataset", config.data.name, backends[0])(config.data.options).spec
+    spec = data_spec(config, registry, backends[0])  # a stated shape needs no data file
     reference, other = (registry.load("backend", b, b)(config, registry, spec) for b in backends)
     other.load_state_arrays(reference.state_arrays())
 

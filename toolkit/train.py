@@ -29,6 +29,7 @@ from toolkit.errors import DivergenceError, UsageError
 from toolkit.evaluation import (draw_samples, evaluate, grid_size, make_sampler, picturable, prepared_metric,
                                 samples_picture, sampling_weights)
 from toolkit.events import EventLog
+from toolkit.interfaces import DataSpec
 
 
 def learning_rate(optimizer: OptimizerSection, step: int, total_steps: int) -> float:
@@ -51,6 +52,16 @@ def default_out_dir(config: Config, backend: str) -> Path:
 SMOKE_STEPS, SMOKE_BATCH = 3, 4
 
 
+def data_spec(config: Config, registry, backend: str) -> DataSpec:
+    """The shape and classes of the config's data: ``data.shape`` and ``data.num_classes`` when
+    the data section states both (no file is opened), else the data set's own."""
+    options = config.data.options
+    shape, classes = getattr(options, "shape", None), getattr(options, "num_classes", None)
+    if shape is not None and classes is not None:
+        return DataSpec(tuple(shape), classes)
+    return registry.load("dataset", config.data.name, backend)(options).spec
+
+
 def smoke_config(config: Config, registry, backend: str) -> Config:
     """The run of ``config`` with its data replaced by random data of the same shape and classes
     (from ``data.shape``/``data.num_classes`` when the data section states them, else from the
@@ -59,12 +70,9 @@ def smoke_config(config: Config, registry, backend: str) -> Config:
     the config's."""
     from toolkit.config import Choice, EvalSection
 
-    options = config.data.options
-    shape, classes = getattr(options, "shape", None), getattr(options, "num_classes", None)
-    if shape is None or classes is None:
-        spec = registry.load("dataset", config.data.name, backend)(options).spec
-        shape, classes = spec.shape, spec.num_classes
-    data = Choice("synthetic", registry.get("dataset", "synthetic").options(shape=tuple(shape), num_classes=classes))
+    spec = data_spec(config, registry, backend)
+    data = Choice("synthetic", registry.get("dataset", "synthetic").options(shape=spec.shape,
+                                                                            num_classes=spec.num_classes))
     return attrs.evolve(
         config, data=data,
         run=attrs.evolve(config.run, steps=SMOKE_STEPS, batch_size=SMOKE_BATCH, name=f"{config.run.name}-smoke"),

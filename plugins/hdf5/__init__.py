@@ -24,6 +24,13 @@ The file format (version 1)
     ``class_names``      optional: a JSON list of ``num_classes`` names, in label order
     ``scale``            optional, default 1.0: the factor latents were multiplied by when
                          stored (recorded for whoever decodes them; the reader does not apply it)
+    ``vae``              optional: the folder of the diffusers ``AutoencoderKL`` that encoded
+                         ``x`` (written by ``toolkit data encode``, with ``vae_posterior``
+                         ``"sample"``/``"mean"`` and ``resolution``, the image side). With it,
+                         ``toolkit sample`` decodes samples (``vae.decode(x / scale)``) and the
+                         dataset requires ``normalize: false``; see
+                         :mod:`toolkit.plugins.hdf5.latents`. Readers that ignore it lose nothing
+                         else, so the format version stays 1.
 
 The dataset
 -----------

@@ -11,7 +11,7 @@ from toolkit.errors import UsageError
 
 
 def add_data_commands(cli: click.Group) -> None:
-    """Add ``build`` and ``info`` to the ``data`` group of ``cli``, creating the group if needed.
+    """Add ``build``, ``info`` and ``encode`` to the ``data`` group of ``cli``, creating the group if needed.
 
     Called on every ``main()``, so it must be idempotent; another plugin may own the group."""
     group = cli.commands.get("data")
@@ -22,6 +22,9 @@ def add_data_commands(cli: click.Group) -> None:
         raise TypeError(f"the command 'data' exists and is not a group ({type(group).__name__})")
     group.add_command(build)
     group.add_command(info)
+    from toolkit.plugins.hdf5.latents import encode  # `data encode`: VAE latents (plugins/hdf5/latents.py)
+
+    group.add_command(encode)
 
 
 def split_indices(count: int, labels: np.ndarray | None, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

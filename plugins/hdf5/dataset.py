@@ -33,6 +33,7 @@ from toolkit.errors import UsageError
 from toolkit.interfaces import Batch, DataSpec
 from toolkit.plugins.hdf5 import HDF5Options
 from toolkit.plugins.hdf5.format import DataError, FileInfo, Split, inspect_file
+from toolkit.plugins.hdf5.latents import check_normalize
 
 #: Blocks per shuffle window: more mixes better, and needs more blocks in memory at once.
 SHUFFLE_BLOCKS = 4
@@ -57,9 +58,11 @@ class HDF5Dataset:
             if options.source:
                 _build_missing(options)
             elif options.prepare:
-                raise UsageError(f"data.path: {options.path} does not exist. Prepare it with:\n    {options.prepare}\n"
+                commands = "\n    ".join(options.prepare.strip().splitlines())
+                raise UsageError(f"data.path: {options.path} does not exist. Prepare it with:\n    {commands}\n"
                                  f"or exercise the run without it: toolkit run CONFIG --smoke")
         self.info: FileInfo = inspect_file(options.path)  # opens, checks and closes: no handle kept
+        check_normalize(options.path, options.normalize)  # VAE latents are trained on as stored
         info = self.info
         self.spec = DataSpec(info.shape, info.num_classes)
         for key, expected, found in (("shape", options.shape, info.shape),

@@ -201,24 +201,7 @@ def image_folder(root: Path, progress: bool = True) -> Source:
     Image = _require("PIL.Image", "Pillow", "an image folder source")
     from tqdm import tqdm
 
-    classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    skipped = 0
-    files: list[Path] = []
-    labels: list[int] = []
-    if classes:
-        for label, folder in enumerate(classes):
-            found, ignored = _image_files(folder, recursive=True)
-            if not found:
-                raise DataError(folder, f"class folder {folder.name!r} holds no images ({', '.join(IMAGE_SUFFIXES)}); "
-                                        f"expected at least one per class folder")
-            files += found
-            labels += [label] * len(found)
-            skipped += ignored
-    else:
-        files, skipped = _image_files(root, recursive=False)
-        if not files:
-            raise DataError(root, f"holds no images ({', '.join(IMAGE_SUFFIXES)}) and no class sub-folders; "
-                                  f"expected one sub-folder of images per class")
+    files, labels, class_names, skipped = list_images(root)
     # First pass: headers only (no decoding), so a mismatch is reported before any work.
     size, modes = None, set()
     for path in tqdm(files, desc="checking", unit="img", disable=None if progress else True, leave=False):
@@ -253,9 +236,33 @@ def image_folder(root: Path, progress: bool = True) -> Source:
         return block
 
     meta = Meta(shape, "uint8", (0.0, 255.0), f"image folder {root.resolve()}",
-                len(classes), tuple(d.name for d in classes) if classes else None)
-    y = np.asarray(labels, dtype=np.int64) if classes else None
-    return Source(meta, len(files), y, read, progress=True, skipped=skipped)
+                len(class_names) if class_names else 0, class_names)
+    return Source(meta, len(files), labels, read, progress=True, skipped=skipped)
+
+
+def list_images(root: Path) -> tuple[list[Path], np.ndarray | None, tuple[str, ...] | None, int]:
+    """``(files, labels, class names, non-image files)`` of an image folder: one sub-folder per
+    class (names sorted), or images directly in ``root`` (unlabelled, labels and names None)."""
+    if not root.is_dir():
+        raise UsageError(f"{root}: {'no such folder' if not root.exists() else 'not a folder'}; expected a "
+                         f"folder of images with one sub-folder per class")
+    classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        files, skipped = _image_files(root, recursive=False)
+        if not files:
+            raise DataError(root, f"holds no images ({', '.join(IMAGE_SUFFIXES)}) and no class sub-folders; "
+                                  f"expected one sub-folder of images per class")
+        return files, None, None, skipped
+    files, labels, skipped = [], [], 0
+    for label, folder in enumerate(classes):
+        found, ignored = _image_files(folder, recursive=True)
+        if not found:
+            raise DataError(folder, f"class folder {folder.name!r} holds no images ({', '.join(IMAGE_SUFFIXES)}); "
+                                    f"expected at least one per class folder")
+        files += found
+        labels += [label] * len(found)
+        skipped += ignored
+    return files, np.asarray(labels, dtype=np.int64), tuple(d.name for d in classes), skipped
 
 
 def _image_files(folder: Path, recursive: bool) -> tuple[list[Path], int]:
