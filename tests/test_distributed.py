@@ -232,6 +232,9 @@ def test_a_global_batch_that_does_not_split_is_an_error(tmp_path, monkeypatch, c
                  "objective.ratio=0.3"]) == 2
     err = capsys.readouterr().err
     assert "run.batch_size=64 with objective.ratio=0.3 gives 19 pairs with r < t" in err and "(2 processes" in err
+    # the JAX backend under torchrun: every process would train alone and write the same files
+    assert main([*common[:2], "--backend", "jax", "--no-progress", "--out", str(tmp_path / "j")]) == 2
+    assert "--backend jax was launched by torchrun (WORLD_SIZE=2)" in capsys.readouterr().err
     monkeypatch.delenv("WORLD_SIZE")
     # jax: two devices need a subprocess (XLA_FLAGS is read when JAX starts)
     done = cli_run(tmp_path / "c", "jax", env=TWO_CPU_DEVICES, settings=["run.batch_size=63"])

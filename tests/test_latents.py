@@ -131,6 +131,9 @@ def test_scale_option_and_overwrite(made, tmp_path, capsys):
     assert encode(made, out, "--overwrite") == 0
     assert inspect_file(out).scale == pytest.approx(0.18215)
     assert [p.name for p in tmp_path.iterdir()] == ["latents.h5"]  # no temporary file left
+    capsys.readouterr()
+    assert main(["data", "info", str(out)]) == 0
+    assert f"encoded with:    VAE {made.vae_path.resolve()}, posterior sample, resolution" in capsys.readouterr().out
 
 
 def test_sample_decodes_latents_of_a_trained_checkpoint(made, tmp_path, capsys):

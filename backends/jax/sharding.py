@@ -43,6 +43,11 @@ AXIS = "data"
 def initialize_hosts() -> bool:
     """``jax.distributed.initialize`` when ``JAX_NUM_PROCESSES`` > 1 (before any computation)."""
     processes = int(os.environ.get("JAX_NUM_PROCESSES", "1"))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and processes <= 1:
+        # torchrun's processes would each train the whole batch and all write the same files
+        raise UsageError(f"--backend jax was launched by torchrun (WORLD_SIZE={os.environ['WORLD_SIZE']}); JAX "
+                         f"uses every device of one process by itself, and several hosts through "
+                         f"JAX_NUM_PROCESSES / JAX_PROCESS_ID / JAX_COORDINATOR_ADDRESS: run it without torchrun")
     if processes <= 1 or jax.distributed.is_initialized():
         return False
     process_id = os.environ.get("JAX_PROCESS_ID")  # JAX reads JAX_COORDINATOR_ADDRESS itself

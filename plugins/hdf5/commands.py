@@ -121,6 +121,8 @@ def info(path):
             if split is not None and split.y is not None:
                 counts[split.x] = np.bincount(handle[split.y][:], minlength=found.num_classes)
         chunks = handle["x"].chunks
+        meta = handle["meta"].attrs
+        encoded = {name: meta[name] for name in ("vae", "vae_posterior", "resolution") if name in meta}
     lines = [
         f"file:            {path} ({_size(Path(path).stat().st_size)})",
         f"format_version:  {found.format_version}",
@@ -134,6 +136,9 @@ def info(path):
         f"chunks:          {chunks if chunks else 'none (contiguous)'}",
         f"num_classes:     {found.num_classes}",
     ]
+    if encoded:  # written by `toolkit data encode`
+        lines.append(f"encoded with:    VAE {encoded.get('vae')}, posterior {encoded.get('vae_posterior', '?')}, "
+                     f"resolution {encoded.get('resolution', '?')}")
     if found.num_classes:
         names = found.class_names or tuple(str(i) for i in range(found.num_classes))
         width = max(4, *(len(n) for n in names))
