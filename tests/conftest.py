@@ -57,3 +57,24 @@ def install_plugin(tmp_path, monkeypatch):
 @pytest.fixture
 def registry() -> Registry:
     return Registry.from_entry_points()
+
+
+@pytest.fixture(scope="session")
+def inception_files(tmp_path_factory):
+    """A randomly initialised InceptionV3 (He-normal convolutions, so activations stay O(1) through
+    the depth), saved as safetensors and as a torch state_dict."""
+    import torch
+    from safetensors.torch import save_file
+
+    from toolkit.plugins.inception.network import InceptionV3
+
+    torch.manual_seed(0)
+    network = InceptionV3()
+    for module in network.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    state = network.state_dict()
+    folder = tmp_path_factory.mktemp("inception")
+    save_file(state, str(folder / "inception.safetensors"))
+    torch.save(state, folder / "inception.pth")
+    return folder / "inception.safetensors", folder / "inception.pth", state

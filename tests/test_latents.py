@@ -4,6 +4,7 @@ with a tiny randomly initialised diffusers AutoencoderKL saved by the test itsel
 from __future__ import annotations
 
 import json
+import re
 import sys
 from types import SimpleNamespace
 
@@ -214,3 +215,107 @@ def test_errors_name_the_path_and_the_fix(made, tmp_path, capsys, monkeypatch):
     code, err = run(made.images, made.vae_path)
     assert code == 2 and "pip install 'meanflow-toolkit[vae]'" in err
     assert not (tmp_path / "x.h5").exists()
+
+
+def latent_fid_config(path, data, weights, stats, **eval_extra):
+    extra = "".join(f", {k}: {v}" for k, v in eval_extra.items())
+    path.write_text(f"""
+run: {{name: latent_fid, seed: 0, steps: 4, batch_size: 4}}
+data: {{name: hdf5, path: {data}, normalize: false}}
+model: {{name: mlp, hidden: 32, depth: 2, time_embed_dim: 16}}
+objective: {{name: meanflow}}
+sampler: {{name: meanflow, nfe: 1}}
+logging: {{samples_every: 2, sample_nfe: [1], progress: false}}
+checkpoint: {{every: 4, keep: 1}}
+eval: {{num_samples: 6, batch_size: 4, metric: {{name: fid, weights: {weights}, reference: {stats}}}{extra}}}
+""")
+    return path
+
+
+def test_the_imagenet_recipe_at_toy_scale(made, inception_files, backend, tmp_path, capsys):
+    """The README's recipe, images to a 1-NFE FID, with a tiny VAE and random Inception weights:
+    encode, reference statistics, a run whose pictures and FID decode the latents, eval."""
+    from toolkit.cli import _checkpoint_engine
+    from toolkit.evaluation import evaluate
+    from toolkit.metrics import frechet_distance_from_moments
+    from toolkit.plugins.inception import FIDOptions
+    from toolkit.plugins.inception.metric import FID
+    from tests.test_training import read_events
+
+    weights = inception_files[0]
+    data, stats = tmp_path / "latents.h5", tmp_path / "stats.npz"
+    assert encode(made, data) == 0
+    assert main(["fid-stats", str(made.images), "--weights", str(weights), "--out", str(stats),
+                 "--resolution", str(RES), "--batch-size", "3"]) == 0
+    assert "Inception statistics of 7 images" in capsys.readouterr().out
+    fid = FID(FIDOptions(weights=str(weights)))
+    features = fid.features(np.stack([adm_pixels(f) for f in made.files]))
+    with np.load(stats) as stored:  # the features of the ADM-cropped images, whatever the batching
+        np.testing.assert_allclose(stored["mu"], features.mean(axis=0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(stored["sigma"], np.cov(features, rowvar=False), rtol=1e-4, atol=1e-6)
+        assert int(stored["count"]) == 7 and int(stored["resolution"]) == RES
+
+    config = latent_fid_config(tmp_path / "run.yaml", data, weights, stats)
+    run = tmp_path / "run"
+    assert main(["run", str(config), "--backend", backend, "--out", str(run)]) == 0
+    logged = json.loads((run / "metrics.json").read_text())
+    assert all(np.isfinite(logged[k]) for k in ("fid", "fid_of_noise", "fid_of_training_data"))
+    with Image.open(run / "samples.png") as shown:  # decoded images, a row per class
+        assert shown.size[0] >= 10 * RES
+    events = read_events(run)
+    assert {"samples/1_nfe", "eval/samples"} <= set(events.Tags()["images"])
+    assert [e.step for e in events.Images("samples/1_nfe")] == [2, 4]
+
+    # the logged number is the FID of the decoded samples against the statistics, by hand
+    registry, _, metadata, engine, cfg, _ = _checkpoint_engine(str(run), backend, ["eval.anchors=false"])
+    dataset = registry.load("dataset", "hdf5", backend)(cfg.data.options)
+    results, samples = evaluate(cfg, backend, registry, engine, dataset, int(metadata["step"]))
+    assert samples.shape == (6, 4, RES // 2, RES // 2)  # the model's latents; decoded only to measure
+    with torch.no_grad():
+        images = made.vae.decode(torch.from_numpy(samples) / 0.18215).sample.clamp(-1, 1).numpy()
+    sample_features = fid.features(images)
+    with np.load(stats) as stored:
+        by_hand = frechet_distance_from_moments(sample_features.mean(axis=0), np.cov(sample_features, rowvar=False),
+                                                stored["mu"], stored["sigma"])
+    np.testing.assert_allclose(results["fid"], by_hand, rtol=1e-5)
+    np.testing.assert_allclose(results["fid"], logged["fid"], rtol=1e-6)
+    # chunking changes nothing but rounding: one chunk of all six samples, no anchors
+    assert main(["eval", str(run), "--backend", backend, "--json", "--set", "eval.batch_size=100",
+                 "--set", "eval.anchors=false"]) == 0
+    whole = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    np.testing.assert_allclose(whole["fid"], logged["fid"], rtol=1e-4)
+    assert "fid_of_noise" not in whole
+
+
+def test_an_image_metric_on_latents_without_their_vae_is_an_early_error(made, inception_files, tmp_path, capsys):
+    import h5py
+
+    data, stats = tmp_path / "latents.h5", tmp_path / "stats.npz"
+    assert encode(made, data) == 0
+    np.savez(stats, mu=np.zeros(2048), sigma=np.eye(2048))
+    with h5py.File(data, "r+") as handle:  # as if the file came from another machine
+        handle["meta"].attrs["vae"] = str(tmp_path / "elsewhere" / "vae")
+    config = latent_fid_config(tmp_path / "run.yaml", data, inception_files[0], stats)
+    with pytest.warns(UserWarning, match="records the VAE .*elsewhere.* its folder does not exist here"):
+        code = main(["run", str(config), "--out", str(tmp_path / "run")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "eval.metric fid measures images" in err and "(4, 16, 16)" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()  # before any training
+
+
+def test_fid_statistics_errors_name_the_file(inception_files, tmp_path, capsys):
+    from toolkit.plugins.inception import FIDOptions
+    from toolkit.plugins.inception.metric import FID
+
+    weights = str(inception_files[0])
+    np.savez(tmp_path / "no_sigma.npz", mu=np.zeros(2048))
+    np.savez(tmp_path / "small.npz", mu=np.zeros(8), sigma=np.eye(8))
+    (tmp_path / "junk.npz").write_text("not a zip")
+    for name, expected in (("no_sigma.npz", "no sigma array"), ("small.npz", "mu has shape (8,)"),
+                           ("junk.npz", "not a readable .npz")):
+        with pytest.raises(ValueError, match=re.escape(expected)) as error:
+            FID(FIDOptions(weights=weights, reference=str(tmp_path / name)))
+        assert name in str(error.value) and "toolkit fid-stats" in str(error.value)
+    assert main(["fid-stats", str(tmp_path), "--weights", weights, "--out", str(tmp_path / "s.npz")]) == 1
+    assert "holds no images" in capsys.readouterr().err

@@ -34,8 +34,41 @@ def test_float32_table(capsys):
     code = main(["parity", str(CONFIGS / "meanflow_toy2d.yaml"), "--dtype", "float32"])
     out = capsys.readouterr().out.splitlines()
     assert code == 0 and out[0].split() == ["component", "quantity", "max", "abs", "max", "rel", "tol", "pass"]
-    assert any(line.startswith("optimizer adamw") and "1e-03" in line for line in out)  # the documented override
+    assert any(line.startswith("optimizer adamw") and "1e-05" in line for line in out)  # no looser tolerance
     assert any(line.startswith("objective meanflow") and "1e-05" in line for line in out)
+
+
+def test_adam_first_step_difference_is_what_the_gradients_explain():
+    from toolkit.parity import adam_first_step_difference, compare
+
+    lr, eps = 1e-3, 1e-8
+    g_a = {"w": np.array([1.0, -2e-9, 3e-9, 0.0])}
+    g_b = {"w": np.array([1.0 + 1e-7, 2e-9, 3.1e-9, 1e-12])}  # a sign flip and two entries near eps
+    explained = adam_first_step_difference(g_a, g_b, lr, eps)["w"]
+    step = lambda g: -lr * g / (np.abs(g) + eps)  # noqa: E731
+    np.testing.assert_allclose(explained, np.abs(step(g_a["w"]) - step(g_b["w"])), rtol=1e-12, atol=1e-15)
+    assert explained[1] == pytest.approx(lr * 2 * 2e-9 / 1.2e-8)  # a sign flip of a 2e-9 entry: lr / 3
+    w = np.array([0.5, 0.1, -0.2, 0.3])
+    assert compare(w + step(g_a["w"]), w + step(g_b["w"]), explained)[1] < 1e-15
+    assert compare(w + step(g_a["w"]), w + step(g_b["w"]))[1] > 1e-4  # what the raw comparison saw
+    # clipping scales both gradients before the update
+    clipped = adam_first_step_difference({"w": np.array([10.0, 1e-8])}, {"w": np.array([10.0, 2e-8])}, lr, eps,
+                                         clip=1.0)["w"]
+    np.testing.assert_allclose(clipped[1], lr * abs(1e-9 / (1e-9 + eps) - 2e-9 / (2e-9 + eps)), rtol=1e-5)
+
+
+def test_a_wrong_optimizer_step_is_caught(monkeypatch):
+    from toolkit.backends.jax.engine import JaxEngine
+
+    original = JaxEngine.train_step
+    monkeypatch.setattr(JaxEngine, "train_step", lambda self, batch, draws, lr, noise:
+                        original(self, batch, draws, lr * 1.01, noise))  # a 1% wrong learning rate
+    registry = get_registry()
+    rows = run_parity(load_config(CONFIGS / "fm_toy2d.yaml", [], registry), registry, dtype="float32")
+    failed = {row.quantity for row in rows if not row.ok}
+    # the weights after the step, and the samples drawn with them afterwards; nothing before it
+    assert any(q.startswith("weight after one step") for q in failed)
+    assert all(q.startswith(("weight after one step", "samples")) for q in failed)
 
 
 class _WrongJaxFlowMatching:

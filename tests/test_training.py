@@ -265,3 +265,49 @@ def test_data_shape_and_classes_are_checked_against_the_file(tmp_path):
         HDF5Dataset(HDF5Options(path=path, shape=(4, 32, 32)))
     with pytest.raises(DataError, match="holds num_classes 10, but the config's data.num_classes expects 1000"):
         HDF5Dataset(HDF5Options(path=path, num_classes=1000))
+
+
+def test_checkpoints_are_safetensors_files_written_a_group_at_a_time(tmp_path):
+    """The streaming writer's file is what safetensors itself reads back, for every dtype a
+    checkpoint holds, and the engine's groups add up to engine_arrays."""
+    import ml_dtypes
+    from safetensors import safe_open
+
+    from toolkit.checkpoint import engine_array_groups, engine_arrays, save_checkpoint, write_safetensors
+
+    rng = np.random.default_rng(0)
+    arrays = {"model.w": rng.standard_normal((3, 5)).astype(np.float32), "optimizer.step": np.asarray(3.0),
+              "b": rng.standard_normal(4).astype(ml_dtypes.bfloat16), "i": np.arange(7), "empty": np.zeros((0, 4)),
+              "flags": np.array([True, False]), "t": np.asfortranarray(rng.standard_normal((2, 3)))}
+    save_checkpoint(tmp_path / "c.safetensors", arrays, {"step": 3})
+    back, metadata = load_checkpoint(tmp_path / "c.safetensors")
+    assert metadata == {"step": 3} and sorted(back) == sorted(arrays)
+    for name, value in arrays.items():
+        assert back[name].dtype == value.dtype and back[name].shape == value.shape
+        np.testing.assert_array_equal(back[name].astype(np.float64), value.astype(np.float64))
+    with safe_open(str(tmp_path / "c.safetensors"), framework="numpy") as handle:
+        assert sorted(handle.keys()) == sorted(arrays)
+    calls = []
+
+    def changing():  # the second pass sees other arrays: refused, and nothing is left behind
+        calls.append(1)
+        return [{"a": np.zeros(len(calls) + 1)}]
+
+    with pytest.raises(ValueError, match="changed between the two passes"):
+        write_safetensors(tmp_path / "d.safetensors", changing, {})
+    assert not list(tmp_path.glob("*d.safetensors*"))  # neither the target nor the temporary file
+
+    registry = get_registry()
+    config = load_config(CONFIGS / "meanflow_toy2d.yaml", ["ema.decays=[0.9, 0.99]"], registry)
+    engine = registry.load("backend", "torch", "torch")(config, registry, train_spec(config, registry))
+    groups = list(engine_array_groups(engine, config))
+    prefixes = [{name.split(".")[0] + (".99" if "0.99." in name else "") for name in g} for g in groups]
+    assert prefixes == [{"model"}, {"ema_0"}, {"ema_0.99"}, set()]  # no optimiser state before a step
+    merged = {k: v for g in groups for k, v in g.items()}
+    assert sorted(merged) == sorted(engine_arrays(engine, config))
+
+
+def train_spec(config, registry):
+    from toolkit.train import data_spec
+
+    return data_spec(config, registry, "torch")

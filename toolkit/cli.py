@@ -232,9 +232,10 @@ def evaluate(checkpoint, metric, backend, nfe, count, weights, overrides, as_jso
         click.echo(json.dumps(results))
         return
     name = config.eval.metric.name
+    anchors = (f"; noise {results[f'{name}_of_noise']:.4g}, training data {results[f'{name}_of_training_data']:.4g}"
+               if config.eval.anchors else "")
     click.echo(f"{path}: {name} {results[name]:.4g} ({results['nfe']} NFE, {results['weights']} weights, "
-               f"{config.eval.num_samples} samples; noise {results[f'{name}_of_noise']:.4g}, training data "
-               f"{results[f'{name}_of_training_data']:.4g})")
+               f"{config.eval.num_samples} samples{anchors})")
 
 
 @cli.command()

@@ -158,6 +158,11 @@ class EvalSection:
     #: ``model``: the raw weights; a number: the average with that decay.
     weights: str | float = attrs.field(default="ema", validator=check(
         lambda v: v in ("ema", "model") or isinstance(v, float), "ema, model, or one of ema.decays"))
+    #: samples drawn (and decoded, and fed to the metric) at a time
+    batch_size: int = attrs.field(default=250, validator=positive)
+    #: also measure the two anchors, the noise itself and as many training examples (each costs
+    #: as much as the samples' measurement: off for 50,000-sample FIDs)
+    anchors: bool = True
 
 
 @attrs.frozen

@@ -13,7 +13,7 @@ from pathlib import Path
 import attrs
 import numpy as np
 
-from toolkit.checkpoint import engine_arrays, load_engine_arrays, weights_for
+from toolkit.checkpoint import load_engine_arrays, weights_for
 from toolkit.config import Config, InvalidValue, config_from_dict
 from toolkit.errors import ConfigError, ToolkitError, UsageError
 from toolkit.interfaces import DataSpec
@@ -65,9 +65,16 @@ def sampling_weights(engine, config: Config, weights: str = "ema"):
     if weights == "model" or (weights == "ema" and not config.ema.decays):
         yield "model"
         return
+    decays = tuple(config.ema.decays)
+    decay = decays[0] if weights == "ema" else float(weights)
+    if decay not in decays:  # weights_for's message, which lists what there is
+        weights_for({}, config, weights)
+    # only the chosen average and the training weights are copied (not the optimiser state)
+    chosen = engine.ema_arrays()[decays.index(decay)]
     training = engine.state_arrays()
-    description, chosen = weights_for(engine_arrays(engine, config), config, weights)
     engine.load_state_arrays(chosen)
+    del chosen
+    description = f"ema {decay!r}"
     try:
         yield description
     finally:
@@ -142,35 +149,100 @@ def samples_picture(samples: np.ndarray, path: Path | None, title: str, referenc
     return scatter_against_data(samples, samples if reference is None else reference, path, title)
 
 
+def as_images(samples: np.ndarray, dataset) -> np.ndarray | None:
+    """Samples as something :func:`samples_picture` draws: themselves when they are images or
+    points, decoded by the data set when they are latents, else None."""
+    if picturable(samples):
+        return samples
+    decode = getattr(dataset, "decode", None)
+    return decode(samples) if decode is not None else None
+
+
 def prepared_metric(config: Config, backend: str, registry, dataset):
-    """The config's ``eval.metric``, fitted to ``dataset`` if it learns from it; None without one."""
+    """The config's ``eval.metric``, fitted to ``dataset`` if it learns from it; None without one.
+    A metric of images on data that are neither images nor decodable is an error here, before
+    any training."""
     if config.eval.metric is None:
         return None
     metric = registry.load("metric", config.eval.metric.name, backend)(config.eval.metric.options)
+    shape = dataset.spec.shape
+    if (getattr(metric, "needs_images", False) and not (len(shape) == 3 and shape[0] in (1, 3))
+            and getattr(dataset, "decode", None) is None):
+        raise UsageError(f"eval.metric {config.eval.metric.name} measures images, but the data's examples have "
+                         f"shape {shape} and the data set cannot decode them (for latents: a data file made by "
+                         f"`toolkit data encode`, whose VAE folder exists here, and diffusers installed)")
     if hasattr(metric, "fit"):
         metric.fit(dataset)
     return metric
 
 
+def chunks(n: int, size: int) -> list[slice]:
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+class Measurement:
+    """A metric applied to many samples ``size`` at a time: decoded first when the metric needs
+    images and the data are latents, reduced to features chunk by chunk when the metric offers
+    ``features`` (see :class:`toolkit.interfaces.Metric`), so memory holds features, not images."""
+
+    def __init__(self, metric, dataset, size: int, seed: int):
+        self.metric, self.size, self.seed = metric, size, seed
+        self.decode = getattr(dataset, "decode", None) if getattr(metric, "needs_images", False) else None
+        self.streams = hasattr(metric, "features") and hasattr(metric, "score")
+
+    def prepare(self, x: np.ndarray):
+        """What :meth:`score` takes for ``x``: features, or the (decoded) arrays."""
+        if self.decode is None and not self.streams:
+            return x
+        parts = []
+        for part in chunks(len(x), self.size):
+            inputs = x[part] if self.decode is None else self.decode(x[part])
+            parts.append(self.metric.features(inputs) if self.streams else inputs)
+        return np.concatenate(parts)
+
+    def score(self, prepared, reference) -> float:
+        if self.streams:
+            return float(self.metric.score(prepared, reference, seed=self.seed))
+        return float(self.metric(prepared, reference, seed=self.seed))
+
+
 def evaluate(config: Config, backend: str, registry, engine, dataset, step: int,
              nfe: int | None = None, metric=None) -> tuple[dict, np.ndarray]:
     """Sample ``eval.num_samples`` with the configured sampler (``nfe`` steps if given) and the
-    ``eval.weights``, and measure ``eval.metric`` against held-out data. Returns ``(results,
-    samples)``; the results carry two anchors for reading the metric: the noise itself (an
-    untrained model) and as many training examples (the best a model can expect). ``metric``:
-    one :func:`prepared_metric` already made."""
-    n = config.eval.num_samples
+    ``eval.weights``, ``eval.batch_size`` at a time, and measure ``eval.metric`` against
+    held-out data, or against the metric's own reference (FID statistics of a training set;
+    the classes are then balanced, ``i % num_classes``, as the ImageNet protocol asks).
+    Returns ``(results, samples)``, the samples as the model makes them (latents stay latents).
+    With ``eval.anchors`` the results carry two anchors for reading the metric: the noise itself
+    (an untrained model) and as many training examples (the best a model can expect; for
+    latents, the VAE's reconstructions). ``metric``: one :func:`prepared_metric` already made."""
+    n, seed, size, spec = config.eval.num_samples, config.run.seed, config.eval.batch_size, dataset.spec
     sampler = make_sampler(config, backend, registry, nfe=nfe)
-    reference = dataset.reference(n, config.run.seed)
-    noise = np.random.default_rng([config.run.seed, 3]).standard_normal(reference.x.shape)
-    with sampling_weights(engine, config, config.eval.weights) as description:
-        samples = engine.sample(sampler, noise, reference.y)
-    results = {"step": step, "nfe": sampler.nfe, "weights": description}
     metric = metric or prepared_metric(config, backend, registry, dataset)
+    if metric is not None and getattr(metric, "fixed_reference", False):
+        reference = None
+        labels = np.arange(n, dtype=np.int64) % spec.num_classes if spec.conditional else None
+    else:
+        reference = dataset.reference(n, seed)
+        labels = reference.y
+
+    def noise():  # the same draws every time, one chunk at a time
+        rng = np.random.default_rng([seed, 3])
+        for part in chunks(n, size):
+            yield part, rng.standard_normal((part.stop - part.start, *spec.shape))
+
+    with sampling_weights(engine, config, config.eval.weights) as description:
+        samples = np.concatenate([engine.sample(sampler, z, None if labels is None else labels[part])
+                                  for part, z in noise()])
+    results = {"step": step, "nfe": sampler.nfe, "weights": description}
     if metric is not None:
         name = config.eval.metric.name
-        results[name] = metric(samples, reference.x, seed=config.run.seed)
-        results[f"{name}_of_noise"] = metric(noise, reference.x, seed=config.run.seed)
-        training = next(dataset.batches(n, config.run.seed + 1)).x
-        results[f"{name}_of_training_data"] = metric(training, reference.x, seed=config.run.seed)
+        measure = Measurement(metric, dataset, size, seed)
+        target = None if reference is None else measure.prepare(reference.x)
+        results[name] = measure.score(measure.prepare(samples), target)
+        if config.eval.anchors:
+            pure_noise = np.concatenate([z for _, z in noise()])
+            results[f"{name}_of_noise"] = measure.score(measure.prepare(pure_noise), target)
+            training = next(dataset.batches(n, seed + 1)).x
+            results[f"{name}_of_training_data"] = measure.score(measure.prepare(training), target)
     return results, samples

@@ -59,6 +59,11 @@ class Dataset(Protocol):
     def reference(self, n: int, seed: int) -> Batch:
         """``n`` held-out examples for evaluation (never the training stream)."""
 
+    # Optional: data sets of latents (a VAE's encoding of images) also provide
+    #   decode(x) -> np.ndarray (B, C, H, W) images in [-1, 1]
+    # for samples shaped like their examples; evaluation decodes before drawing pictures and
+    # before a metric with ``needs_images``.
+
 
 class Backbone(Protocol):
     """The network ``u(x, t, r, y)``.
@@ -147,10 +152,16 @@ class Metric(Protocol):
 
     def __call__(self, samples: np.ndarray, reference: np.ndarray, seed: int = 0) -> float: ...
 
-    # Optional: metrics that need something learnt from the data (a classifier's feature
-    # space) also provide
-    #   fit(dataset) -> None
-    # called once with the run's Dataset before the first __call__.
+    # Optional members:
+    #   fit(dataset) -> None: called once with the run's Dataset before the first __call__, by
+    #     metrics that learn something from the data (a classifier's feature space).
+    #   features(x) -> np.ndarray (N, D) and score(sample_features, reference_features) -> float,
+    #     with __call__(s, r) == score(features(s), features(r)): evaluation then computes
+    #     features chunk by chunk, so 50,000 decoded images never sit in memory at once.
+    #   needs_images = True: the inputs must be images (N, C, H, W) in [-1, 1]; evaluation
+    #     decodes latent samples with the data set's ``decode`` first.
+    #   fixed_reference = True: the metric compares with a reference of its own (FID against
+    #     the statistics of a whole training set); evaluation passes ``reference=None``.
 
 
 class Engine(Protocol):

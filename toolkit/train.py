@@ -22,11 +22,11 @@ from pathlib import Path
 import attrs
 import numpy as np
 
-from toolkit.checkpoint import (checkpoint_metadata, checkpoint_path, engine_arrays, latest_checkpoint,
-                                load_engine_arrays, prune_checkpoints, save_checkpoint)
+from toolkit.checkpoint import (checkpoint_metadata, checkpoint_path, latest_checkpoint, load_engine_arrays,
+                                prune_checkpoints, save_engine_checkpoint)
 from toolkit.config import Config, OptimizerSection, ema_decay, to_dict
 from toolkit.errors import DivergenceError, UsageError
-from toolkit.evaluation import (draw_samples, evaluate, grid_size, make_sampler, picturable, prepared_metric,
+from toolkit.evaluation import (as_images, draw_samples, evaluate, grid_size, make_sampler, picturable, prepared_metric,
                                 samples_picture, sampling_weights)
 from toolkit.events import EventLog
 from toolkit.interfaces import DataSpec
@@ -164,12 +164,11 @@ def train(config: Config, backend: str, registry, out_dir: Path | None = None,
                 bar.update(step, values["loss"], rate)
                 last_time, last_step = now, step
             if main and config.logging.samples_every and (step % config.logging.samples_every == 0 or step == steps):
-                log_sample_grids(config, backend, registry, engine, spec, log, step)
+                log_sample_grids(config, backend, registry, engine, dataset, log, step)
             if main and (step % config.checkpoint.every == 0 or step == steps):
-                arrays = engine_arrays(engine, config)
                 log.flush()  # the curve up to a checkpoint survives a kill with it
-                last_saved = save_checkpoint(checkpoint_path(checkpoints, step), arrays,
-                                             checkpoint_metadata(step, backend, config, spec))
+                last_saved = save_engine_checkpoint(checkpoint_path(checkpoints, step), engine, config,
+                                                    checkpoint_metadata(step, backend, config, spec))
                 prune_checkpoints(checkpoints, config.checkpoint.keep)
         bar.close()
         if not main:  # the main process evaluates alone; the others are done
@@ -178,17 +177,17 @@ def train(config: Config, backend: str, registry, out_dir: Path | None = None,
         name = config.eval.metric.name if config.eval.metric else None
         if name:
             log.scalars({name: results[name]}, steps, prefix="eval/")
-        if picturable(samples):
-            title = f"{config.run.name} ({backend}), step {steps}, {results['nfe']} NFE, {results['weights']} weights"
-            if samples.ndim == 2:  # points: all of them, beside the held-out data
-                rgb = samples_picture(samples, out_dir / "samples.png", title,
-                                      dataset.reference(len(samples), config.run.seed).x)
-            else:  # images: a row per class, as the pictures logged during training
-                with sampling_weights(engine, config, config.eval.weights):
-                    grid = draw_samples(engine, make_sampler(config, backend, registry), spec,
-                                        grid_size(spec), config.run.seed)
-                rgb = samples_picture(grid, out_dir / "samples.png", title)
+        title = f"{config.run.name} ({backend}), step {steps}, {results['nfe']} NFE, {results['weights']} weights"
+        if samples.ndim == 2 and picturable(samples):  # points: all of them, beside the held-out data
+            rgb = samples_picture(samples, out_dir / "samples.png", title,
+                                  dataset.reference(len(samples), config.run.seed).x)
             log.image("eval/samples", rgb, steps)
+        elif samples.ndim == 4:  # images (or latents, decoded): a row per class, as during training
+            with sampling_weights(engine, config, config.eval.weights):
+                grid = as_images(draw_samples(engine, make_sampler(config, backend, registry), spec,
+                                              grid_size(spec), config.run.seed), dataset)
+            if grid is not None:
+                log.image("eval/samples", samples_picture(grid, out_dir / "samples.png", title), steps)
     finally:
         bar.close()
         log.close()
@@ -198,14 +197,18 @@ def train(config: Config, backend: str, registry, out_dir: Path | None = None,
     return results
 
 
-def log_sample_grids(config: Config, backend: str, registry, engine, spec, log: EventLog, step: int) -> None:
+def log_sample_grids(config: Config, backend: str, registry, engine, dataset, log: EventLog, step: int) -> None:
     """Pictures of samples at each of ``logging.sample_nfe`` (the same noise every time, so
-    successive pictures show the model changing, not the noise)."""
+    successive pictures show the model changing, not the noise). Latents are decoded by the
+    data set; samples that are neither pictures nor decodable are not drawn."""
+    spec = dataset.spec
     n = grid_size(spec)
     with sampling_weights(engine, config, config.eval.weights):
         for nfe in config.logging.sample_nfe:
             samples = draw_samples(engine, make_sampler(config, backend, registry, nfe=nfe), spec, n, config.run.seed)
-            log.image(f"samples/{nfe}_nfe", samples_picture(samples, None, f"step {step}, {nfe} NFE"), step)
+            images = as_images(samples, dataset)
+            if images is not None:
+                log.image(f"samples/{nfe}_nfe", samples_picture(images, None, f"step {step}, {nfe} NFE"), step)
 
 
 class _progress:

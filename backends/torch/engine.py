@@ -180,7 +180,8 @@ def _load_state(module: torch.nn.Module, arrays) -> None:
     missing = sorted(set(state) - set(arrays))
     if missing:
         raise ValueError(f"weights missing for: {', '.join(missing)}")
-    module.load_state_dict({name: torch.from_numpy(np.asarray(arrays[name])).reshape(value.shape)
+    # np.require copies only arrays torch may not wrap (read-only ones, e.g. from JAX or a file)
+    module.load_state_dict({name: torch.from_numpy(np.require(arrays[name], requirements="W")).reshape(value.shape)
                             .to(value.dtype) for name, value in state.items()})
 
 

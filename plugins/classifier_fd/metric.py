@@ -125,11 +125,15 @@ class ClassifierFD:
             raise ValueError(f"classifier_fd: expected images of shape {tuple(self.info['data']['shape'])} "
                              f"({inputs} values each, what the classifier was trained on); got an array of "
                              f"shape {x.shape}")
-        return self.classifier.features(x.reshape(len(x), -1))
+        with _one_blas_thread():
+            return self.classifier.features(x.reshape(len(x), -1))
+
+    def score(self, sample_features: np.ndarray, reference_features: np.ndarray, seed: int = 0) -> float:
+        with _one_blas_thread():
+            return frechet_distance(sample_features, reference_features)
 
     def __call__(self, samples: np.ndarray, reference: np.ndarray, seed: int = 0) -> float:
-        with _one_blas_thread():
-            return frechet_distance(self.features(samples), self.features(reference))
+        return self.score(self.features(samples), self.features(reference))
 
     def _require_fit(self) -> None:
         if self.classifier is None:

@@ -33,7 +33,7 @@ from toolkit.errors import UsageError
 from toolkit.interfaces import Batch, DataSpec
 from toolkit.plugins.hdf5 import HDF5Options
 from toolkit.plugins.hdf5.format import DataError, FileInfo, Split, inspect_file
-from toolkit.plugins.hdf5.latents import check_normalize
+from toolkit.plugins.hdf5.latents import check_normalize, dataset_decoder
 
 #: Blocks per shuffle window: more mixes better, and needs more blocks in memory at once.
 SHUFFLE_BLOCKS = 4
@@ -63,6 +63,9 @@ class HDF5Dataset:
                                  f"or exercise the run without it: toolkit run CONFIG --smoke")
         self.info: FileInfo = inspect_file(options.path)  # opens, checks and closes: no handle kept
         check_normalize(options.path, options.normalize)  # VAE latents are trained on as stored
+        decoder = dataset_decoder(options.path)  # latents: pictures and image metrics decode them
+        if decoder is not None:
+            self.decode = decoder
         info = self.info
         self.spec = DataSpec(info.shape, info.num_classes)
         for key, expected, found in (("shape", options.shape, info.shape),

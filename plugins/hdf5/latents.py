@@ -37,7 +37,10 @@ Latents are trained on as stored: ``data: {name: hdf5, path: latents.h5, normali
 the dataset refuses it for a file that records a VAE (:func:`check_normalize`).
 
 ``toolkit sample`` decodes (:func:`decode_samples`) when the checkpoint's data file records a
-VAE, or when ``--vae PATH`` is given: ``vae.decode(latents / scale)`` clipped to [-1, 1].
+VAE, or when ``--vae PATH`` is given: ``vae.decode(latents / scale)`` clipped to [-1, 1]
+(:class:`LatentDecoder`). The dataset of such a file has a ``decode`` member
+(:func:`dataset_decoder`), with which runs draw their pictures and feed image metrics
+(``fid``): see ``toolkit.evaluation``.
 
 ``diffusers`` is the optional extra ``vae``: ``pip install 'meanflow-toolkit[vae]'``.
 """
@@ -71,9 +74,9 @@ def _diffusers():
     return diffusers
 
 
-def load_vae(path: str | os.PathLike, what: str = "--vae"):
+def load_vae(path: str | os.PathLike, what: str = "--vae", device: str = "cpu"):
     """A diffusers ``AutoencoderKL`` from the local folder ``path`` (``config.json`` and weights,
-    as ``save_pretrained`` writes them), in eval mode on the CPU. Never downloads. ``what``
+    as ``save_pretrained`` writes them), in eval mode on ``device``. Never downloads. ``what``
     names where the path came from in errors."""
     path = Path(path)
     expected = ("expected a folder holding a diffusers AutoencoderKL (config.json and "
@@ -99,7 +102,12 @@ def load_vae(path: str | os.PathLike, what: str = "--vae"):
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UsageError(f"{what} {path}: cannot load the AutoencoderKL ({first}); {expected}") from None
-    return vae.eval()
+    try:
+        return vae.eval().to(device)
+    except (RuntimeError, ValueError) as error:  # an unknown or absent device
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(f"--device {device}: cannot move the VAE there ({first}); expected a torch device "
+                         f"this machine has, e.g. cpu or cuda") from None
 
 
 def downsampling(vae) -> int:
@@ -157,20 +165,21 @@ def encode_images(vae, pixels: np.ndarray, posterior: str, scale: float,
     posterior mean, or ``mean + std * noise`` for ``posterior="sample"``."""
     import torch
 
+    device = next(vae.parameters()).device
     with torch.no_grad():
-        dist = vae.encode(torch.from_numpy(np.ascontiguousarray(pixels))).latent_dist
-        mean = dist.mean.numpy().astype(np.float32)
+        dist = vae.encode(torch.from_numpy(np.ascontiguousarray(pixels)).to(device)).latent_dist
+        mean = dist.mean.float().cpu().numpy()
         if posterior == "mean":
             z = mean
         else:
-            z = mean + dist.std.numpy().astype(np.float32) * noise
+            z = mean + dist.std.float().cpu().numpy() * noise
     return (z * np.float32(scale)).astype(np.float32)
 
 
 def encode_folder(folder: str | os.PathLike, vae_path: str | os.PathLike, out: str | os.PathLike,
                   resolution: int = 256, scale: float | None = None, posterior: str = "sample",
                   batch_size: int = 32, test_fraction: float = 0.1, seed: int = 0,
-                  overwrite: bool = False, progress: bool = True) -> str:
+                  overwrite: bool = False, progress: bool = True, device: str = "cpu") -> str:
     """What ``toolkit data encode`` does (see the module docstring); returns a summary."""
     from tqdm import tqdm
 
@@ -191,7 +200,7 @@ def encode_folder(folder: str | os.PathLike, vae_path: str | os.PathLike, out: s
     from toolkit.plugins.hdf5.sources import list_images
 
     files, labels, class_names, skipped = list_images(folder)
-    vae = load_vae(vae_path)
+    vae = load_vae(vae_path, device=device)
     factor = downsampling(vae)
     if resolution % factor:
         raise UsageError(f"--resolution {resolution}: the VAE downsamples by {factor}, so expected a multiple "
@@ -284,8 +293,63 @@ def check_normalize(path: str | os.PathLike, normalize: bool) -> None:
                               f"expected data.normalize false: data: {{name: hdf5, path: {path}, normalize: false}}")
 
 
-def decode_samples(samples: np.ndarray, config, vae_path: str | None = None,
-                   batch_size: int = 16) -> tuple[np.ndarray, str | None]:
+class LatentDecoder:
+    """Latents -> images in [-1, 1]: ``vae.decode(latents / scale)`` clipped, in batches, with the
+    VAE at ``vae_path`` loaded on first use (``what`` names where the path came from in errors).
+    ``scale`` None: the VAE's ``scaling_factor``."""
+
+    def __init__(self, vae_path: str | os.PathLike, scale: float | None = None, what: str = "--vae",
+                 batch_size: int = 16):
+        self.vae_path, self.scale, self.what, self.batch_size = str(vae_path), scale, what, batch_size
+        self._vae = None
+
+    @property
+    def vae(self):
+        if self._vae is None:
+            self._vae = load_vae(self.vae_path, self.what)
+            if self.scale is None:
+                self.scale = default_scale(self._vae)
+        return self._vae
+
+    @property
+    def description(self) -> str:
+        return f"decoded with {self.vae_path} (scale {self.scale:g})"
+
+    def __call__(self, samples: np.ndarray) -> np.ndarray:
+        import torch
+
+        vae = self.vae
+        if samples.ndim != 4 or samples.shape[1] != vae.config.latent_channels:
+            raise UsageError(f"{self.what} {self.vae_path}: the samples have shape {samples.shape[1:]}, expected "
+                             f"latents with {vae.config.latent_channels} channels (C, H, W) for this VAE")
+        images = []
+        with torch.no_grad():
+            for start in range(0, len(samples), self.batch_size):
+                latents = torch.tensor(samples[start:start + self.batch_size], dtype=torch.float32)  # a copy:
+                # JAX's arrays arrive read-only
+                images.append(vae.decode(latents / self.scale).sample.clamp(-1, 1).numpy())
+        return np.concatenate(images).astype(np.float32)
+
+
+def dataset_decoder(path: str | os.PathLike) -> LatentDecoder | None:
+    """The decoder of a data file that records a VAE, or None (with a warning when the file
+    records one that cannot be used here: the run then keeps its samples as latents)."""
+    import importlib.util
+    import warnings
+
+    vae, scale = recorded_vae(path)
+    if vae is None:
+        return None
+    problem = ("its folder does not exist here" if not Path(vae).is_dir() else
+               f"diffusers is not installed ({EXTRA})" if importlib.util.find_spec("diffusers") is None else None)
+    if problem:
+        warnings.warn(f"{path} records the VAE {vae} (meta vae), but {problem}: samples stay latents, so there "
+                      f"are no pictures and no image metric (fid, inception_score)", stacklevel=2)
+        return None
+    return LatentDecoder(vae, scale, f"the VAE recorded in {path} (meta vae),")
+
+
+def decode_samples(samples: np.ndarray, config, vae_path: str | None = None) -> tuple[np.ndarray, str | None]:
     """``(images in [-1, 1], description)`` for latents sampled from a model of ``config``, or
     ``(samples, None)`` unchanged when there is nothing to decode with.
 
@@ -304,21 +368,10 @@ def decode_samples(samples: np.ndarray, config, vae_path: str | None = None,
             raise UsageError(f"the samples have shape {samples.shape[1:]}, not an image's (latents?), and the "
                              f"run's data file {config.data.options.path} {where}; pass --vae PATH to decode them")
         return samples, None
-    import torch
-
-    vae = load_vae(vae_path, "--vae" if vae_path != recorded else
-                   f"the VAE recorded in {config.data.options.path} (meta vae),")
-    scale = default_scale(vae) if scale is None else scale
-    if samples.ndim != 4 or samples.shape[1] != vae.config.latent_channels:
-        raise UsageError(f"--vae {vae_path}: the samples have shape {samples.shape[1:]}, expected latents with "
-                         f"{vae.config.latent_channels} channels (C, H, W) for this VAE")
-    images = []
-    with torch.no_grad():
-        for start in range(0, len(samples), batch_size):
-            latents = torch.from_numpy(np.ascontiguousarray(samples[start:start + batch_size], dtype=np.float32))
-            images.append(vae.decode(latents / scale).sample.clamp(-1, 1).numpy())
-    return np.concatenate(images).astype(np.float32), f"decoded with {vae_path} (scale {scale:g})"
-
+    decoder = LatentDecoder(vae_path, scale, "--vae" if vae_path != recorded else
+                            f"the VAE recorded in {config.data.options.path} (meta vae),")
+    images = decoder(samples)
+    return images, decoder.description
 
 
 # -- the command -------------------------------------------------------------------------------
@@ -340,8 +393,11 @@ def decode_samples(samples: np.ndarray, config, vae_path: str | None = None,
               help="Share of the images held out as x_test/y_test (per class); 0: none.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seeds the test split, the stored order and the posterior samples.")
+@click.option("--device", default="cpu", show_default=True,
+              help="The torch device the VAE runs on, e.g. cuda (the stored latents do not depend on it "
+                   "beyond floating-point rounding).")
 @click.option("--overwrite", is_flag=True, help="Replace FILE if it exists.")
-def encode(folder, vae_path, out, resolution, scale, posterior, batch_size, test_fraction, seed, overwrite):
+def encode(folder, vae_path, out, resolution, scale, posterior, batch_size, test_fraction, seed, device, overwrite):
     """Encode IMAGE_FOLDER (one sub-folder per class) to VAE latents in an HDF5 dataset FILE.
 
     Images are center-cropped to --resolution as ADM/DiT do, encoded with the VAE at --vae
@@ -350,4 +406,4 @@ def encode(folder, vae_path, out, resolution, scale, posterior, batch_size, test
     diffusers: pip install 'meanflow-toolkit[vae]'.
     """
     click.echo(encode_folder(folder, vae_path, out, resolution, scale, posterior, batch_size, test_fraction,
-                             seed, overwrite))
+                             seed, overwrite, device=device))

@@ -32,6 +32,10 @@ Options
 ``weights``     the weight file (required; checked to exist when the config is read)
 ``batch_size``  images per forward pass, default 50
 ``device``      a torch device, default ``cpu``
+``reference``   ``fid`` only: an ``.npz`` of reference statistics (``mu``, ``sigma``) written
+                by ``toolkit fid-stats IMAGE_FOLDER`` (or pytorch-fid's ``--save-stats``);
+                FID then compares with those images, not with the data set's held-out
+                examples. Needed for latent data, whose held-out examples are latents
 ``splits``      ``inception_score`` only: parts the samples are cut into, default 10
 
 Conventions
@@ -45,7 +49,11 @@ Conventions
   features of the samples and the reference (:func:`toolkit.metrics.frechet_distance`).
   Lower is better. FID is biased upwards for small sample counts (the usual protocol is
   50,000 samples against the training set's statistics); compare runs at equal
-  ``eval.num_samples``. The toolkit's reference is the data set's held-out examples.
+  ``eval.num_samples``. The reference is the ``reference`` statistics file when set, else
+  the data set's held-out examples (decoded, for latents: VAE reconstructions, not images).
+* For latent data (``toolkit data encode``) the samples are decoded with the data file's VAE
+  before the network sees them; evaluation streams ``eval.batch_size`` samples at a time
+  through sampling, decoding and the network, and keeps only the 2048 features per sample.
 * ``inception_score``: ``exp(E_x KL(p(y|x) || p(y)))`` with ``p(y|x)`` the softmax of the 1008
   logits computed *without* the classifier's bias, as the original code of Salimans et al.
   (``pool_3 @ W``) and torch-fidelity do; the samples are shuffled with the run's seed, cut
@@ -73,6 +81,8 @@ from toolkit.hookspecs import hookimpl
 _weights = check(lambda p: Path(p).expanduser().is_file(),
                  "an existing local file of Inception weights, e.g. pytorch-fid's "
                  "pt_inception-2015-12-05-6726825d.pth (the toolkit never downloads it)")
+_statistics = check(lambda p: Path(p).expanduser().is_file(),
+                    "an existing .npz of reference statistics (mu, sigma), as `toolkit fid-stats` writes")
 _device = check(lambda d: bool(d.strip()), "a torch device, e.g. cpu or cuda")
 
 
@@ -83,6 +93,7 @@ class FIDOptions:
     weights: str = attrs.field(validator=_weights)
     batch_size: int = attrs.field(default=50, validator=positive)
     device: str = attrs.field(default="cpu", validator=_device)
+    reference: str | None = attrs.field(default=None, validator=_statistics)
 
 
 @attrs.frozen
@@ -102,3 +113,10 @@ def register_metrics(register):
     register("fid", {"*": "toolkit.plugins.inception.metric:FID"}, options=FIDOptions)
     register("inception_score", {"*": "toolkit.plugins.inception.metric:InceptionScore"},
              options=InceptionScoreOptions)
+
+
+@hookimpl
+def register_commands(cli):
+    from toolkit.plugins.inception.statistics import fid_stats
+
+    cli.add_command(fid_stats)

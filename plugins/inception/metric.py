@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from toolkit.metrics import frechet_distance
+from toolkit.metrics import frechet_distance, frechet_distance_from_moments, gaussian_fit
 from toolkit.plugins.inception import FIDOptions, InceptionScoreOptions
 from toolkit.plugins.inception.network import FEATURES, load_inception
 
@@ -21,6 +23,8 @@ KEPT = 4
 
 
 class _InceptionMetric:
+    needs_images = True  # latent samples are decoded first (toolkit.evaluation.Measurement)
+
     def __init__(self, options):
         self.options = options
         self.network = load_inception(options.weights, options.device)
@@ -66,31 +70,75 @@ def preprocess(x: torch.Tensor) -> torch.Tensor:
 
 
 class FID(_InceptionMetric):
-    """Fréchet Inception distance of ``samples`` to ``reference`` (lower is better)."""
+    """Fréchet Inception distance of ``samples`` to ``reference``, or to the statistics file of
+    the ``reference`` option when it is set (lower is better)."""
 
     higher_is_better = False
 
     def __init__(self, options: FIDOptions):
         super().__init__(options)
+        self.statistics = None if options.reference is None else load_statistics(options.reference)
+        self.fixed_reference = self.statistics is not None
 
-    def __call__(self, samples: np.ndarray, reference: np.ndarray, seed: int = 0) -> float:
-        return frechet_distance(self.activations(samples)[0], self.activations(reference)[0])
+    def features(self, images: np.ndarray) -> np.ndarray:
+        return self.activations(images)[0]
+
+    def score(self, sample_features: np.ndarray, reference_features: np.ndarray | None, seed: int = 0) -> float:
+        if self.statistics is None:
+            if reference_features is None:
+                raise ValueError("fid: no reference to compare with: pass reference images, or set the metric's "
+                                 "reference option to a statistics file (toolkit fid-stats)")
+            return frechet_distance(sample_features, reference_features)
+        mu, sigma = gaussian_fit(sample_features)
+        return frechet_distance_from_moments(mu, sigma, *self.statistics)
+
+    def __call__(self, samples: np.ndarray, reference: np.ndarray | None = None, seed: int = 0) -> float:
+        return self.score(self.features(samples), None if self.fixed_reference else self.features(reference))
 
 
 class InceptionScore(_InceptionMetric):
     """Inception score of ``samples`` (higher is better; ``reference`` is not used)."""
 
     higher_is_better = True
+    fixed_reference = True
 
     def __init__(self, options: InceptionScoreOptions):
         super().__init__(options)
         #: the standard deviation of the score over the splits of the last call
         self.std: float | None = None
 
-    def __call__(self, samples: np.ndarray, reference: np.ndarray | None = None, seed: int = 0) -> float:
-        logits = self.activations(samples)[1]
-        mean, self.std = inception_score(logits, self.options.splits, seed)
+    def features(self, images: np.ndarray) -> np.ndarray:
+        return self.activations(images)[1]
+
+    def score(self, sample_features: np.ndarray, reference_features=None, seed: int = 0) -> float:
+        mean, self.std = inception_score(sample_features, self.options.splits, seed)
         return mean
+
+    def __call__(self, samples: np.ndarray, reference: np.ndarray | None = None, seed: int = 0) -> float:
+        return self.score(self.features(samples), None, seed)
+
+
+def load_statistics(path) -> tuple[np.ndarray, np.ndarray]:
+    """``(mu, sigma)`` of a statistics file: an ``.npz`` with arrays ``mu`` (2048,) and ``sigma``
+    (2048, 2048), as ``toolkit fid-stats`` and pytorch-fid's ``--save-stats`` write them (ADM's
+    reference batches carry the same two arrays beside the images)."""
+    expected = (f"expected an .npz with mu ({FEATURES},) and sigma ({FEATURES}, {FEATURES}), as written by "
+                f"`toolkit fid-stats` or pytorch-fid --save-stats")
+    try:
+        with np.load(Path(path).expanduser(), allow_pickle=False) as stored:
+            arrays = {key: np.asarray(stored[key], np.float64) for key in ("mu", "sigma") if key in stored.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:  # not a zip: "pickled data"
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"{path}: not a readable .npz ({first}); {expected}") from None
+    missing = [key for key in ("mu", "sigma") if key not in arrays]
+    if missing:
+        raise ValueError(f"{path}: no {' or '.join(missing)} array; {expected}")
+    mu, sigma = arrays["mu"], arrays["sigma"]
+    if mu.shape != (FEATURES,) or sigma.shape != (FEATURES, FEATURES):
+        raise ValueError(f"{path}: mu has shape {mu.shape} and sigma {sigma.shape}; {expected}")
+    if not (np.all(np.isfinite(mu)) and np.all(np.isfinite(sigma))):
+        raise ValueError(f"{path}: mu or sigma holds inf or nan; {expected}")
+    return mu, sigma
 
 
 def inception_score(logits: np.ndarray, splits: int, seed: int = 0) -> tuple[float, float]:
