@@ -140,17 +140,7 @@ def test_scale_option_and_overwrite(made, tmp_path, capsys):
 def test_sample_decodes_latents_of_a_trained_checkpoint(made, tmp_path, capsys):
     data = tmp_path / "latents.h5"
     assert encode(made, data) == 0
-    config = tmp_path / "run.yaml"
-    config.write_text(f"""
-run: {{name: latents_tiny, seed: 0, steps: 3, batch_size: 4}}
-data: {{name: hdf5, path: {data}, normalize: false}}
-model: {{name: mlp, hidden: 32, depth: 2, time_embed_dim: 16}}
-objective: {{name: meanflow}}
-sampler: {{name: meanflow, nfe: 1}}
-ema: {{decays: [0.9]}}
-checkpoint: {{every: 3, keep: 1}}
-eval: {{num_samples: 4}}
-""")
+    config = latent_run_config(tmp_path / "run.yaml", data, 3, "{num_samples: 4}", "ema: {decays: [0.9]}")
     run = tmp_path / "run"
     assert main(["run", str(config), "--out", str(run), "--no-progress"]) == 0
     picture = tmp_path / "s.png"
@@ -217,19 +207,25 @@ def test_errors_name_the_path_and_the_fix(made, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "x.h5").exists()
 
 
-def latent_fid_config(path, data, weights, stats, **eval_extra):
-    extra = "".join(f", {k}: {v}" for k, v in eval_extra.items())
+def latent_run_config(path, data, steps: int, eval_section: str, extra: str = ""):
+    """A tiny MeanFlow MLP run on the latents in ``data``, checkpointed at its last step."""
     path.write_text(f"""
-run: {{name: latent_fid, seed: 0, steps: 4, batch_size: 4}}
+run: {{name: latents_tiny, seed: 0, steps: {steps}, batch_size: 4}}
 data: {{name: hdf5, path: {data}, normalize: false}}
 model: {{name: mlp, hidden: 32, depth: 2, time_embed_dim: 16}}
 objective: {{name: meanflow}}
 sampler: {{name: meanflow, nfe: 1}}
-logging: {{samples_every: 2, sample_nfe: [1], progress: false}}
-checkpoint: {{every: 4, keep: 1}}
-eval: {{num_samples: 6, batch_size: 4, metric: {{name: fid, weights: {weights}, reference: {stats}}}{extra}}}
+checkpoint: {{every: {steps}, keep: 1}}
+eval: {eval_section}
+{extra}
 """)
     return path
+
+
+def latent_fid_config(path, data, weights, stats):
+    return latent_run_config(path, data, 4, f"{{num_samples: 6, batch_size: 4, metric: {{name: fid, weights: {weights}, "
+                                            f"reference: {stats}}}}}",
+                             "logging: {samples_every: 2, sample_nfe: [1], progress: false}")
 
 
 def test_the_imagenet_recipe_at_toy_scale(made, inception_files, backend, tmp_path, capsys):
