@@ -84,6 +84,22 @@ def test_frechet_distance_of_large_samples_approaches_the_population_value():
     assert frechet_distance(a, b) == pytest.approx(exact, rel=0.02)
 
 
+def test_running_moments_are_the_gaussian_fit_of_all_rows():
+    from toolkit.metrics import RunningMoments
+
+    rng = np.random.default_rng(0)
+    rows = 3.0 + rng.standard_normal((1000, 6)) @ rng.standard_normal((6, 6))  # an offset mean, correlated
+    moments = RunningMoments()
+    for part in np.array_split(rows, [1, 3, 250, 251, 900]):  # batches of 1, 2, 247, 1, 649 and 100 rows
+        moments.update(part)
+    mean, covariance = moments.fit()
+    expected_mean, expected_covariance = gaussian_fit(rows)
+    np.testing.assert_allclose(mean, expected_mean, rtol=1e-12)
+    np.testing.assert_allclose(covariance, expected_covariance, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        RunningMoments().fit()
+
+
 def test_frechet_distance_rejects_mismatched_features():
     with pytest.raises(ValueError, match="dimension 3, features_b 4"):
         frechet_distance(np.zeros((5, 3)), np.zeros((5, 4)))

@@ -34,6 +34,41 @@ def gaussian_fit(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x.mean(axis=0), np.cov(x, rowvar=False).reshape(x.shape[1], x.shape[1])
 
 
+class RunningMoments:
+    """:func:`gaussian_fit` of rows that arrive in batches, without keeping them: the mean and
+    the centred sum of squares are merged batch by batch (Chan et al.'s pairwise update), so the
+    statistics of 1.28M Inception feature vectors take 2048 x 2048 numbers, not 1.28M x 2048."""
+
+    def __init__(self):
+        self.count, self.mean, self.squares = 0, None, None
+
+    def update(self, features: np.ndarray) -> None:
+        x = np.asarray(features, np.float64)
+        if x.ndim != 2:
+            raise ValueError(f"features: expected an (N, D) array, got shape {x.shape}")
+        if not len(x):
+            return
+        mean = x.mean(axis=0)
+        centred = x - mean
+        squares = centred.T @ centred
+        if self.count == 0:
+            self.count, self.mean, self.squares = len(x), mean, squares
+            return
+        if x.shape[1] != self.mean.size:
+            raise ValueError(f"features: dimension {x.shape[1]}, earlier batches {self.mean.size}")
+        total = self.count + len(x)
+        delta = mean - self.mean
+        self.squares = self.squares + squares + np.outer(delta, delta) * (self.count * len(x) / total)
+        self.mean = self.mean + delta * (len(x) / total)
+        self.count = total
+
+    def fit(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean, covariance)`` with the ``N - 1`` divisor, as :func:`gaussian_fit`."""
+        if self.count < 2:
+            raise ValueError(f"features: a covariance needs at least 2 rows, got {self.count}")
+        return self.mean.copy(), self.squares / (self.count - 1)
+
+
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     """Squared Fréchet distance between Gaussian fits of two sets of feature vectors (N, D)."""
     a, b = _rows(features_a, "features_a"), _rows(features_b, "features_b")

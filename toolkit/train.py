@@ -182,7 +182,8 @@ def train(config: Config, backend: str, registry, out_dir: Path | None = None,
             rgb = samples_picture(samples, out_dir / "samples.png", title,
                                   dataset.reference(len(samples), config.run.seed).x)
             log.image("eval/samples", rgb, steps)
-        elif samples.ndim == 4:  # images (or latents, decoded): a row per class, as during training
+        elif samples.ndim == 4 and (picturable(samples) or hasattr(dataset, "decode")):
+            # images (or latents, decoded): a row per class, as during training
             with sampling_weights(engine, config, config.eval.weights):
                 grid = as_images(draw_samples(engine, make_sampler(config, backend, registry), spec,
                                               grid_size(spec), config.run.seed), dataset)
@@ -203,6 +204,8 @@ def log_sample_grids(config: Config, backend: str, registry, engine, dataset, lo
     data set; samples that are neither pictures nor decodable are not drawn."""
     spec = dataset.spec
     n = grid_size(spec)
+    if not (picturable(np.zeros((1, *spec.shape))) or hasattr(dataset, "decode")):
+        return  # nothing to draw: not worth sampling
     with sampling_weights(engine, config, config.eval.weights):
         for nfe in config.logging.sample_nfe:
             samples = draw_samples(engine, make_sampler(config, backend, registry, nfe=nfe), spec, n, config.run.seed)

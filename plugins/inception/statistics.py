@@ -30,7 +30,7 @@ def folder_statistics(folder, weights, out, resolution: int = 256, batch_size: i
     from toolkit.plugins.hdf5.latents import load_image
     from toolkit.plugins.hdf5.sources import list_images
     from toolkit.plugins.inception import FIDOptions
-    from toolkit.metrics import gaussian_fit
+    from toolkit.metrics import RunningMoments
     from toolkit.plugins.inception.metric import FID
 
     out = Path(out)
@@ -48,13 +48,13 @@ def folder_statistics(folder, weights, out, resolution: int = 256, batch_size: i
     if len(files) < 2:
         raise UsageError(f"{folder}: {len(files)} image(s); a covariance needs at least 2")
     metric = FID(FIDOptions(weights=str(weights), batch_size=batch_size, device=device))
-    features = []
+    moments = RunningMoments()  # 1.28M x 2048 features would not fit in memory; their moments do
     with tqdm(total=len(files), desc="inception features", unit="img", disable=None if progress else True) as bar:
         for start in range(0, len(files), batch_size):
             batch = files[start:start + batch_size]
-            features.append(metric.features(np.stack([load_image(f, resolution) for f in batch])))
+            moments.update(metric.features(np.stack([load_image(f, resolution) for f in batch])))
             bar.update(len(batch))
-    mu, sigma = gaussian_fit(np.concatenate(features))
+    mu, sigma = moments.fit()
     fd, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".npz", dir=out.parent)
     os.close(fd)
     try:
