@@ -26,7 +26,8 @@ def _name(path) -> str:
 def named_arrays(model) -> dict[str, np.ndarray]:
     """Every floating-point array of ``model`` by its dotted path."""
     leaves = jax.tree_util.tree_flatten_with_path(eqx.filter(model, eqx.is_inexact_array))[0]
-    return {_name(path): np.asarray(leaf) for path, leaf in leaves}
+    # copies: a view of a buffer that the next step donates would block the donation
+    return {_name(path): np.array(leaf, copy=True) for path, leaf in leaves}
 
 
 def load_named_arrays(model, arrays: Mapping[str, np.ndarray]):
