@@ -261,6 +261,25 @@ def plan(config_path, overrides, devices, memory_gib, dataset_size, as_json):
 
 
 @cli.group()
+def plugin():
+    """Plugin packages."""
+
+
+@plugin.command("new")
+@click.argument("name")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="The folder to write [default: ./toolkit-NAME].")
+def plugin_new(name, out):
+    """A ready package registering the objective NAME in both backends, with its tests."""
+    from toolkit.template import render_plugin
+
+    out = Path(out or f"toolkit-{name.replace('_', '-')}")
+    files = render_plugin(name, out)
+    click.echo(f"{out}: {len(files)} files. Next:\n  pip install -e {out}\n  toolkit plugins   # lists {name}\n"
+               f"  python -m pytest {out}/tests")
+
+
+@cli.group()
 def config():
     """Inspect run configs."""
 

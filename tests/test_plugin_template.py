@@ -1,0 +1,68 @@
+"""`toolkit plugin new`: the rendered package installs with pip, is found through its entry
+point, passes its own tests (the toolkit's shared checks and parity), and those tests catch a
+deliberately wrong JAX half."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from toolkit.cli import main
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    root = tmp_path_factory.mktemp("template")
+    assert main(["plugin", "new", "scaled_fm", "--out", str(root / "pkg")]) == 0
+    return root
+
+
+def install(package, target):
+    """pip install into a folder of its own, not the test environment: the entry point would
+    otherwise stay visible to every later test."""
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(package)], check=True, capture_output=True, text=True, timeout=300)
+
+
+def run(args, site, cwd):
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_the_rendered_package_installs_registers_and_passes_its_tests(rendered):
+    files = sorted(p.relative_to(rendered / "pkg").as_posix() for p in (rendered / "pkg").rglob("*") if p.is_file())
+    assert files == ["pyproject.toml", "scaled_fm/__init__.py", "scaled_fm/jax_impl.py", "scaled_fm/plugin.py",
+                     "scaled_fm/torch_impl.py", "tests/test_scaled_fm.py"]
+    install(rendered / "pkg", rendered / "site")
+    listed = run(["-m", "toolkit.cli", "plugins"], rendered / "site", rendered)
+    assert listed.returncode == 0 and "scaled_fm" in listed.stdout and "toolkit-scaled-fm" in listed.stdout
+    tests = run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "pkg/tests"], rendered / "site", rendered)
+    assert tests.returncode == 0, tests.stdout[-3000:]
+    assert "failed" not in tests.stdout and " passed" in tests.stdout
+
+
+def test_its_tests_catch_a_wrong_jax_half(rendered, tmp_path):
+    import shutil
+
+    package = tmp_path / "pkg"
+    shutil.copytree(rendered / "pkg", package)
+    jax_half = package / "scaled_fm" / "jax_impl.py"
+    source = jax_half.read_text()
+    assert "return self.options.scale * mse" in source
+    jax_half.write_text(source.replace("return self.options.scale * mse", "return 1.0001 * self.options.scale * mse"))
+    install(package, tmp_path / "site")
+    tests = run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "pkg/tests"], tmp_path / "site", tmp_path)
+    assert tests.returncode == 1
+    assert "test_parity_float64" in tests.stdout and "objective scaled_fm" in tests.stdout
+
+
+def test_bad_names_and_occupied_folders_are_refused(tmp_path, capsys):
+    assert main(["plugin", "new", "My-Objective", "--out", str(tmp_path / "a")]) == 2
+    assert "expected a lowercase Python identifier" in capsys.readouterr().err
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "x").write_text("")
+    assert main(["plugin", "new", "fine", "--out", str(tmp_path / "b")]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err

@@ -1,0 +1,40 @@
+"""``toolkit plugin new NAME``: a ready plugin package from ``toolkit/plugin_template``.
+
+The package registers one objective, ``NAME``, in both backends (a scaled flow-matching loss
+to replace with yours), declares its entry point, and has tests that run the toolkit's
+shared checks and the parity of its two backends through the toolkit's pytest plugin.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+import string
+from pathlib import Path
+
+from toolkit.errors import UsageError
+
+TEMPLATE = Path(__file__).with_name("plugin_template")
+
+
+def render_plugin(name: str, out: str | Path) -> list[Path]:
+    """Write the package for component ``name`` into the folder ``out`` (which must not exist
+    or be empty); returns the files written."""
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or keyword.iskeyword(name):
+        raise UsageError(f"plugin name {name!r}: expected a lowercase Python identifier such as my_objective "
+                         f"(it names the component, the module and the entry point)")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"{out} exists and is not empty; choose another --out")
+    values = {"name": name, "package": name, "distribution": f"toolkit-{name.replace('_', '-')}"}
+    written = []
+    for source in sorted(TEMPLATE.rglob("*.tmpl")):
+        relative = source.relative_to(TEMPLATE).with_suffix("")  # drop .tmpl
+        parts = [name if part == "package" else part for part in relative.parts]
+        if parts[-1] == "test_package.py":
+            parts[-1] = f"test_{name}.py"
+        target = out.joinpath(*parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(string.Template(source.read_text()).substitute(values))
+        written.append(target)
+    return written
