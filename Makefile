@@ -8,10 +8,16 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test install clean
 
-# Re-install when the package's declared dependencies change.
-$(STAMP): pyproject.toml setup.py
+# The example plugin package (examples/imf) is installed like any third party's: with pip, as a
+# copy, found through its entry point; its tests are part of the suite.
+EXAMPLE := examples/imf
+EXAMPLE_FILES := $(EXAMPLE)/pyproject.toml $(wildcard $(EXAMPLE)/src/*/*.py)
+
+# Re-install when the package's declared dependencies (or the example package) change.
+$(STAMP): pyproject.toml setup.py $(EXAMPLE_FILES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[all,dev]'
+	$(BIN)/python -m pip install --quiet --no-deps --force-reinstall ./$(EXAMPLE)
 	touch $(STAMP)
 
 install: $(STAMP)

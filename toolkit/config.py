@@ -25,6 +25,7 @@ import attrs
 import yaml
 
 from toolkit.errors import ConfigError, UnknownComponentError, did_you_mean
+from toolkit.interfaces import DataSpec
 
 # -- validators: each names what it expects, so errors can say it -----------------------------
 
@@ -186,6 +187,15 @@ class Config:
     def backend_options(self, name: str, default: Any = None) -> Any:
         """The options given for backend ``name``, else ``default``."""
         return self.backend.get(name, default)
+
+    def network_spec(self, data: DataSpec) -> DataSpec:
+        """The spec the network is built with: the data's, with the extra inputs the objective
+        conditions it on (``conditions`` of its options, if any)."""
+        conditions = tuple(getattr(self.objective.options, "conditions", ()))
+        if len(set(conditions)) != len(conditions) or not all(isinstance(c, str) and c for c in conditions):
+            raise ConfigError(f"objective {self.objective.name!r} declares conditions {conditions!r}; "
+                              f"expected distinct non-empty names")
+        return attrs.evolve(data, conditions=conditions)
 
 
 # -- loading -----------------------------------------------------------------------------------

@@ -25,17 +25,34 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 import attrs
 import numpy as np
 
+from toolkit.errors import UsageError
+
 
 @attrs.frozen
 class DataSpec:
-    """What a backbone needs to know about the data."""
+    """What a backbone needs to know about the data and its inputs."""
 
     shape: tuple[int, ...]
     num_classes: int = 0  # 0: unconditional
+    #: names of the scalars, besides t and r, that the network is conditioned on per example
+    #: (e.g. a guidance scale); declared by the objective (``ObjectiveOptions.conditions``) and
+    #: added by :meth:`toolkit.config.Config.network_spec`. Empty for most objectives.
+    conditions: tuple[str, ...] = ()
 
     @property
     def conditional(self) -> bool:
         return self.num_classes > 0
+
+    def condition_row(self, conditions: Mapping[str, float] | None) -> tuple[float, ...] | None:
+        """The values of ``conditions`` in the order of :attr:`conditions` (None when the network
+        takes none); a missing or unknown name is an error naming both lists."""
+        given = dict(conditions or {})
+        if set(given) != set(self.conditions):
+            expected = ", ".join(self.conditions) or "no conditions"
+            raise UsageError(f"the network is conditioned on {expected} (declared by its objective), "
+                             f"but was given {', '.join(sorted(given)) or 'none'}; sample it with a sampler "
+                             f"that sets exactly these (`toolkit plugins` lists the samplers)")
+        return tuple(float(given[name]) for name in self.conditions) if self.conditions else None
 
 
 @attrs.frozen
@@ -66,18 +83,24 @@ class Dataset(Protocol):
 
 
 class Backbone(Protocol):
-    """The network ``u(x, t, r, y)``.
+    """The network ``u(x, t, r, y, conditions)``.
 
     * torch: ``Backbone(options, spec)`` is a ``torch.nn.Module`` called on a batch:
-      ``x`` (B, *S), ``t`` (B,), ``r`` (B,), ``y`` (B,) or None -> (B, *S).
+      ``x`` (B, *S), ``t`` (B,), ``r`` (B,), ``y`` (B,) or None, ``conditions`` (B, K) or
+      None -> (B, *S).
     * jax: ``Backbone(options, spec, *, key)`` is an ``equinox.Module`` called on ONE
-      example: ``x`` S, ``t`` (), ``r`` (), ``y`` () or None -> S; batch with ``jax.vmap``.
+      example: ``x`` S, ``t`` (), ``r`` (), ``y`` () or None, ``conditions`` (K,) or None -> S;
+      batch with ``jax.vmap``.
+
+    ``conditions`` holds the ``K = len(spec.conditions)`` extra scalars an objective conditions
+    the network on (``spec.conditions`` names them, in this order); it is None exactly when
+    ``spec.conditions`` is empty. The built-in backbones embed each like a time.
 
     Parameter names (the torch ``state_dict`` keys and the dotted equinox pytree paths)
     are the same in both backends, so weights move between them by name.
     """
 
-    def __call__(self, x: Any, t: Any, r: Any, y: Any = None) -> Any: ...
+    def __call__(self, x: Any, t: Any, r: Any, y: Any = None, conditions: Any = None) -> Any: ...
 
 
 class ObjectiveOptions(Protocol):
@@ -90,6 +113,11 @@ class ObjectiveOptions(Protocol):
     def draw(self, rng: np.random.Generator, batch_size: int, step: int,
              spec: DataSpec) -> dict[str, np.ndarray]:
         """Per-example draws, e.g. ``{"t": (B,), "r": (B,), "drop": (B,) bool}``."""
+
+    # Optional:
+    #   conditions: tuple[str, ...] -- names of extra scalars the objective feeds its network
+    #     (the ``conditions`` argument of a Backbone); the engines build the network with them in
+    #     ``spec.conditions``, and a sampler of such a network passes their values by name.
 
 
 class Objective(Protocol):
@@ -126,9 +154,11 @@ class Schedule(Protocol):
         """The draws to train on at ``step`` (from 0) of ``total_steps``."""
 
 
-#: ``model_fn(z, t, r, y)``: the backbone on a batch at scalar times ``t`` >= ``r``;
-#: ``y=None`` asks for the unconditional (null-class) prediction.
-ModelFn = Callable[[Any, float, float, Any], Any]
+#: ``model_fn(z, t, r, y, conditions=None)``: the backbone on a batch at scalar times ``t`` >=
+#: ``r``; ``y=None`` asks for the unconditional (null-class) prediction; ``conditions`` maps each
+#: name of ``spec.conditions`` to one value for the whole batch (required when the network has
+#: conditions, an error when it has none).
+ModelFn = Callable[..., Any]
 
 
 class Sampler(Protocol):
@@ -187,10 +217,14 @@ class Engine(Protocol):
         """The objective's ``(prediction, target)`` without gradient, or None when the objective
         does not provide ``regression``."""
 
-    def predict(self, x: np.ndarray, t: np.ndarray, r: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
-        """The backbone on a batch, without gradient."""
+    spec: DataSpec
+    """The network's spec: the data's, with the objective's ``conditions`` (``Config.network_spec``)."""
 
-    def jvp(self, x, t, r, y, v) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, x: np.ndarray, t: np.ndarray, r: np.ndarray, y: np.ndarray | None = None,
+                conditions: np.ndarray | None = None) -> np.ndarray:
+        """The backbone on a batch, without gradient; ``conditions`` (B, K) as the Backbone's."""
+
+    def jvp(self, x, t, r, y, v, conditions=None) -> tuple[np.ndarray, np.ndarray]:
         """``(u, du)``: the backbone and its derivative along (x, t, r) -> (v, 1, 0)."""
 
     def sample(self, sampler: Sampler, noise: np.ndarray, y: np.ndarray | None) -> np.ndarray:

@@ -119,10 +119,13 @@ def run_parity(config: Config, registry, backends: tuple[str, str] = ("torch", "
         rows.append(ParityRow(component, quantity, max_abs, max_rel, limit, bool(max_rel <= limit)))
 
     model = f"backbone {config.model.name}"
-    check(model, "output", reference.predict(x, t, r, y), other.predict(x, t, r, y))
+    # the extra inputs an objective conditions the network on (spec.conditions), if any
+    names = reference.spec.conditions
+    c = np.random.default_rng([seed, 5]).random((batch_size, len(names))) if names else None
+    check(model, "output", reference.predict(x, t, r, y, c), other.predict(x, t, r, y, c))
     if spec.conditional:
-        check(model, "output (null class)", reference.predict(x, t, r, None), other.predict(x, t, r, None))
-    (u_a, dudt_a), (u_b, dudt_b) = reference.jvp(x, t, r, y, v), other.jvp(x, t, r, y, v)
+        check(model, "output (null class)", reference.predict(x, t, r, None, c), other.predict(x, t, r, None, c))
+    (u_a, dudt_a), (u_b, dudt_b) = reference.jvp(x, t, r, y, v, c), other.jvp(x, t, r, y, v, c)
     check(model, "jvp primal", u_a, u_b)
     check(model, "jvp tangent", dudt_a, dudt_b)
 

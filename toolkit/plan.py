@@ -133,7 +133,7 @@ def data_spec_and_size(config: Config, registry, dataset_size: int | None) -> tu
 
 def count_parameters(config: Config, registry, spec: DataSpec) -> int:
     """Parameters of the config's backbone, from shapes alone (nothing allocated)."""
-    options = config.model.options
+    options, spec = config.model.options, config.network_spec(spec)
     try:
         import torch
     except ImportError:

@@ -35,6 +35,7 @@ import contextlib
 import importlib
 from typing import Any, ClassVar, Sequence
 
+import attrs
 import numpy as np
 import pytest
 
@@ -134,9 +135,10 @@ def for_kinds(*kinds: str):
     return mark
 
 
-def _engine(case, backend: str, seed: int = 0):
+def _engine(case, backend: str, seed: int = 0, conditions: tuple[str, ...] = ()):
     """A float64 engine of ``backend`` for an example config, with every weight perturbed (so
-    zero-initialised layers such as adaLN-Zero take part), and the example's data spec."""
+    zero-initialised layers such as adaLN-Zero take part), and the example's data spec.
+    ``conditions``: build the network as if the objective declared these conditions."""
     from toolkit.config import config_from_dict
     from toolkit.registry import get_registry
 
@@ -144,6 +146,11 @@ def _engine(case, backend: str, seed: int = 0):
     registry = get_registry()
     data = {**data, "run": {**data.get("run", {}), "dtype": "float64"}}
     config = config_from_dict(data, f"example {number} of {component.kind} {component.name}", registry=registry)
+    if conditions:
+        options = config.objective.options
+        declaring = type(f"Conditioned{type(options).__name__}", (type(options),), {"conditions": conditions})
+        config = attrs.evolve(config, objective=attrs.evolve(
+            config.objective, options=declaring(**{f.name: getattr(options, f.name) for f in attrs.fields(type(options))})))
     spec = registry.load("dataset", config.data.name, backend)(config.data.options).spec
     engine = registry.load("backend", backend, backend)(config, registry, spec)
     rng = np.random.default_rng(seed)
@@ -221,6 +228,27 @@ class ComponentChecks:
             assert _rel(u, engine.predict(a["x"], a["t"], a["r"], other)) > 1e-8, "ignores the label"
 
     @for_kinds("backbone")
+    def test_backbone_takes_conditions(self, component_case, backend):
+        """An objective may condition the network on extra scalars (``spec.conditions``, e.g. iMF's
+        guidance scale): each must change the output, the JVP stays the derivative, and leaving
+        them out is an error."""
+        engine, _, spec = _engine(component_case, backend, conditions=("first", "second"))
+        a, h = _inputs(spec), 1e-7
+        c = np.random.default_rng(3).uniform(0.1, 0.9, (len(a["t"]), 2))
+        u = engine.predict(a["x"], a["t"], a["r"], a["y"], c)
+        assert u.shape == a["x"].shape and np.isfinite(u).all()
+        for i, name in enumerate(("first", "second")):
+            moved = c.copy()
+            moved[:, i] += 0.05
+            assert _rel(u, engine.predict(a["x"], a["t"], a["r"], a["y"], moved)) > 1e-8, f"ignores condition {name}"
+        _, du = engine.jvp(a["x"], a["t"], a["r"], a["y"], a["v"], c)
+        plus = engine.predict(a["x"] + h * a["v"], a["t"] + h, a["r"], a["y"], c)
+        minus = engine.predict(a["x"] - h * a["v"], a["t"] - h, a["r"], a["y"], c)
+        assert _rel((plus - minus) / (2 * h), du) < 1e-6
+        with pytest.raises(ValueError, match="built for 2 conditions"):
+            engine.predict(a["x"], a["t"], a["r"], a["y"])
+
+    @for_kinds("backbone")
     def test_backbone_jvp_is_the_derivative(self, component_case, backend):
         engine, _, spec = _engine(component_case, backend)
         # h small enough that the O(h^2) truncation (large: sinusoidal time embeddings see 1000 t)
@@ -294,7 +322,7 @@ class ComponentChecks:
         with float64(backend):
             c = to_backend(backend, velocity)
 
-            def constant_field(z, t, r, y):
+            def constant_field(z, t, r, y, conditions=None):  # a field that ignores its conditions
                 assert 0.0 <= r <= t <= 1.0, f"called at t={t}, r={r}: times must satisfy 0 <= r <= t <= 1"
                 calls.append((t, r))
                 return z * 0 + c

@@ -24,7 +24,8 @@ class JaxEngine:
         # backend ignores it and computes in float32.
         jax.config.update("jax_default_matmul_precision",
                           "bfloat16" if config.run.mixed_precision == "bf16" else config.run.matmul_precision)
-        self.config, self.spec = config, spec
+        self.config, self.spec = config, config.network_spec(spec)
+        spec = self.spec
         self.dtype = jnp.dtype(config.run.dtype)
         #: the batch split over every device when JAX sees several (backends/jax/sharding.py), else a
         #: no-op; first, as it may join other hosts, which must happen before any computation
@@ -56,10 +57,10 @@ class JaxEngine:
         self._grads = eqx.filter_jit(self._loss_and_grads)
         self._update = eqx.filter_jit(self._make_update(o.grad_clip), donate="all")
         self._norm = eqx.filter_jit(optax.tree.norm)
-        self._call = eqx.filter_jit(lambda m, z, t, r, y: jax.vmap(m)(z, t, r, y))
+        self._call = eqx.filter_jit(lambda m, z, t, r, y, c: jax.vmap(m)(z, t, r, y, c))
         self._regression = eqx.filter_jit(lambda m, x, y, draws, noise: self.objective.regression(m, x, y, draws, noise))
-        self._jvp = eqx.filter_jit(lambda m, x, t, r, y, v: jax.jvp(
-            lambda x_, t_, r_: jax.vmap(m)(x_, t_, r_, y), (x, t, r), (v, jnp.ones_like(t), jnp.zeros_like(r))))
+        self._jvp = eqx.filter_jit(lambda m, x, t, r, y, c, v: jax.jvp(
+            lambda x_, t_, r_: jax.vmap(m)(x_, t_, r_, y, c), (x, t, r), (v, jnp.ones_like(t), jnp.zeros_like(r))))
 
     def _loss_and_grads(self, model, x, y, draws, noise):
         loss_fn = lambda m: self.objective.loss(m, x, y, draws, noise)  # noqa: E731
@@ -94,11 +95,11 @@ class JaxEngine:
             self.array(batch.x), self.array(batch.y), {k: self.array(v) for k, v in draws.items()}, self.array(noise)))
         return np.asarray(prediction), np.asarray(target)
 
-    def predict(self, x, t, r, y=None):
-        return np.asarray(self._call(self.model, *(self.array(a) for a in (x, t, r, y))))
+    def predict(self, x, t, r, y=None, conditions=None):
+        return np.asarray(self._call(self.model, *(self.array(a) for a in (x, t, r, y, conditions))))
 
-    def jvp(self, x, t, r, y, v):
-        u, dudt = self._jvp(self.model, *(self.array(a) for a in (x, t, r, y, v)))
+    def jvp(self, x, t, r, y, v, conditions=None):
+        u, dudt = self._jvp(self.model, *(self.array(a) for a in (x, t, r, y, conditions, v)))
         return np.asarray(u), np.asarray(dudt)
 
     def train_step(self, batch, draws, lr, noise):
@@ -113,10 +114,10 @@ class JaxEngine:
         return {"loss": loss_value, "grad_norm": grad_norm, **{k: float(v) for k, v in parts.items()}}
 
     def sample(self, sampler, noise, y):
-        def model_fn(z, t, r, labels):
-            batch = (z.shape[0],)
+        def model_fn(z, t, r, labels, conditions=None):
+            batch, row = (z.shape[0],), self.spec.condition_row(conditions)
             return self._call(self.model, z, jnp.full(batch, t, self.dtype), jnp.full(batch, r, self.dtype),
-                              labels)
+                              labels, None if row is None else jnp.tile(jnp.asarray(row, self.dtype), (z.shape[0], 1)))
 
         return np.asarray(sampler.sample(model_fn, self.array(noise), self.array(y)))
 

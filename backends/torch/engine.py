@@ -20,7 +20,8 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 class TorchEngine:
     def __init__(self, config, registry, spec):
-        self.config, self.spec = config, spec
+        self.config, self.spec = config, config.network_spec(spec)
+        spec = self.spec
         self.dtype = DTYPES[config.run.dtype]
         torch.set_float32_matmul_precision(config.run.matmul_precision)  # "high" allows TF32 on GPUs
         torch.manual_seed(config.run.seed)
@@ -84,13 +85,13 @@ class TorchEngine:
         return prediction.cpu().numpy(), target.cpu().numpy()
 
     @torch.no_grad()
-    def predict(self, x, t, r, y=None):
-        return self.model(*(self.tensor(a) for a in (x, t, r, y))).cpu().numpy()
+    def predict(self, x, t, r, y=None, conditions=None):
+        return self.model(*(self.tensor(a) for a in (x, t, r, y, conditions))).cpu().numpy()
 
-    def jvp(self, x, t, r, y, v):
-        x, t, r, y, v = (self.tensor(a) for a in (x, t, r, y, v))
+    def jvp(self, x, t, r, y, v, conditions=None):
+        x, t, r, y, v, c = (self.tensor(a) for a in (x, t, r, y, v, conditions))
         with torch.no_grad(), jvp_mode(self.options.jvp):
-            u, dudt = jvp(lambda x_, t_, r_: self.model(x_, t_, r_, y), (x, t, r),
+            u, dudt = jvp(lambda x_, t_, r_: self.model(x_, t_, r_, y, c), (x, t, r),
                           (v, torch.ones_like(t), torch.zeros_like(r)))
         return u.cpu().numpy(), dudt.cpu().numpy()
 
@@ -117,10 +118,12 @@ class TorchEngine:
     def sample(self, sampler, noise, y):
         self.model.eval()
         try:
-            def model_fn(z, t, r, labels):
-                batch = (z.shape[0],)
+            def model_fn(z, t, r, labels, conditions=None):
+                batch, row = (z.shape[0],), self.spec.condition_row(conditions)
                 return self.model(z, torch.full(batch, t, dtype=self.dtype, device=self.device),
-                                  torch.full(batch, r, dtype=self.dtype, device=self.device), labels)
+                                  torch.full(batch, r, dtype=self.dtype, device=self.device), labels,
+                                  None if row is None else torch.tensor(row, dtype=self.dtype, device=self.device)
+                                  .expand(z.shape[0], -1))
             return sampler.sample(model_fn, self.tensor(noise), self.tensor(y)).cpu().numpy()
         finally:
             self.model.train()

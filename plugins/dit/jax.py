@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from toolkit.backends.jax.attention import attention
 from toolkit.backends.jax.ops import second_time, sinusoidal_embedding
+from toolkit.conditions import condition_columns
 from toolkit.plugins.dit import check_image_spec, position_embedding
 
 
@@ -112,6 +113,7 @@ class DiT(eqx.Module):
     x_embedder: PatchEmbed
     t_embedder: TimeEmbedder
     r_embedder: TimeEmbedder
+    condition_embedders: list
     y_embedder: eqx.nn.Embedding | None
     blocks: list
     final_modulation: eqx.nn.Linear
@@ -127,6 +129,8 @@ class DiT(eqx.Module):
         self.x_embedder = PatchEmbed(channels, w, p, key=keys[0])
         self.t_embedder = TimeEmbedder(w, options.frequency_dim, options.time_scale, key=keys[1])
         self.r_embedder = TimeEmbedder(w, options.frequency_dim, options.time_scale, key=keys[2])
+        self.condition_embedders = [TimeEmbedder(w, options.frequency_dim, options.time_scale, key=k)
+                                    for k in jax.random.split(keys[4], len(spec.conditions))]
         self.y_embedder = (eqx.nn.Embedding(weight=0.02 * jax.random.normal(keys[3], (spec.num_classes + 1, w)))
                            if spec.conditional else None)
         self.blocks = [Block(w, options.resolved_heads, options.mlp_ratio, options.gelu, options.norm_eps, key=k)
@@ -134,11 +138,13 @@ class DiT(eqx.Module):
         self.final_modulation = zero_linear(w, 2 * w)
         self.final = zero_linear(w, p * p * channels)
 
-    def __call__(self, x, t, r, y=None, *, key=None):
+    def __call__(self, x, t, r, y=None, conditions=None, *, key=None):
         o, p = self.options, self.options.patch
         channels, height, width = x.shape
         h = self.x_embedder(x) + jnp.asarray(position_embedding(o.resolved_width, height // p), x.dtype)
         c = self.t_embedder(t) + self.r_embedder(second_time(t, r, o.time_inputs))
+        c = c + sum(embed(column) for embed, column in zip(self.condition_embedders,
+                                                           condition_columns(self.spec, conditions)))
         if self.y_embedder is not None:
             c = c + self.y_embedder(self.spec.num_classes if y is None else y)
         for block in self.blocks:

@@ -7,6 +7,7 @@ from torch import nn
 
 from toolkit.backends.torch.attention import attention
 from toolkit.backends.torch.ops import second_time, sinusoidal_embedding
+from toolkit.conditions import condition_columns
 from toolkit.plugins.dit import check_image_spec, position_embedding
 
 
@@ -54,6 +55,8 @@ class DiT(nn.Module):
         self.x_embedder = nn.Conv2d(channels, w, kernel_size=p, stride=p)
         self.t_embedder = TimeEmbedder(w, options.frequency_dim, options.time_scale)
         self.r_embedder = TimeEmbedder(w, options.frequency_dim, options.time_scale)
+        self.condition_embedders = nn.ModuleList(TimeEmbedder(w, options.frequency_dim, options.time_scale)
+                                                 for _ in spec.conditions)
         if spec.conditional:
             self.y_embedder = nn.Embedding(spec.num_classes + 1, w)  # + the null class
         self.blocks = nn.ModuleList(Block(w, options.resolved_heads, options.mlp_ratio, options.gelu, options.norm_eps)
@@ -73,7 +76,7 @@ class DiT(nn.Module):
                 nn.init.zeros_(module.bias)
         nn.init.xavier_uniform_(self.x_embedder.weight.view(self.x_embedder.weight.shape[0], -1))
         nn.init.zeros_(self.x_embedder.bias)
-        for embedder in (self.t_embedder, self.r_embedder):
+        for embedder in (self.t_embedder, self.r_embedder, *self.condition_embedders):
             for layer in (embedder.fc1, embedder.fc2):
                 nn.init.normal_(layer.weight, std=0.02)
         if self.spec.conditional:
@@ -82,11 +85,13 @@ class DiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x, t, r, y=None):
+    def forward(self, x, t, r, y=None, conditions=None):
         o, p = self.options, self.options.patch
         b, channels, height, width = x.shape
         h = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed.to(x.dtype)
         c = self.t_embedder(t) + self.r_embedder(second_time(t, r, o.time_inputs))
+        c = c + sum(embed(column) for embed, column in zip(self.condition_embedders,
+                                                           condition_columns(self.spec, conditions)))
         if self.spec.conditional:
             c = c + self.y_embedder(torch.full_like(t, self.spec.num_classes, dtype=torch.long) if y is None else y)
         for block in self.blocks:

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from toolkit.backends.jax.ops import second_time, sinusoidal_embedding
+from toolkit.conditions import condition_columns
 
 
 class MLP(eqx.Module):
@@ -20,18 +21,21 @@ class MLP(eqx.Module):
     def __init__(self, options, spec, *, key):
         self.options, self.spec = options, spec
         dim = math.prod(spec.shape)
-        width = dim + 2 * options.time_embed_dim + (options.time_embed_dim if spec.conditional else 0)
+        # the data, an embedding per time and per condition, and the label's
+        width = dim + (2 + len(spec.conditions) + spec.conditional) * options.time_embed_dim
         keys = jax.random.split(key, options.depth + 2)
         self.class_embedding = (eqx.nn.Embedding(spec.num_classes + 1, options.time_embed_dim, key=keys[-1])
                                 if spec.conditional else None)
         sizes = [width] + [options.hidden] * options.depth + [dim]
         self.layers = [eqx.nn.Linear(a, b, key=k) for a, b, k in zip(sizes[:-1], sizes[1:], keys)]
 
-    def __call__(self, x, t, r, y=None, *, key=None):
+    def __call__(self, x, t, r, y=None, conditions=None, *, key=None):
         o = self.options
         parts = [x.reshape(-1),
                  sinusoidal_embedding(t * o.time_scale, o.time_embed_dim),
                  sinusoidal_embedding(second_time(t, r, o.time_inputs) * o.time_scale, o.time_embed_dim)]
+        parts += [sinusoidal_embedding(column * o.time_scale, o.time_embed_dim)
+                  for column in condition_columns(self.spec, conditions)]
         if self.class_embedding is not None:
             parts.append(self.class_embedding(self.spec.num_classes if y is None else y))
         h = jnp.concatenate(parts)

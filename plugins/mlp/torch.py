@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from toolkit.backends.torch.ops import second_time, sinusoidal_embedding
+from toolkit.conditions import condition_columns
 
 
 class MLP(nn.Module):
@@ -15,17 +16,20 @@ class MLP(nn.Module):
         super().__init__()
         self.options, self.spec = options, spec
         dim = math.prod(spec.shape)
-        width = dim + 2 * options.time_embed_dim + (options.time_embed_dim if spec.conditional else 0)
+        # the data, an embedding per time and per condition, and the label's
+        width = dim + (2 + len(spec.conditions) + spec.conditional) * options.time_embed_dim
         if spec.conditional:  # one extra row: the null class of classifier-free guidance
             self.class_embedding = nn.Embedding(spec.num_classes + 1, options.time_embed_dim)
         sizes = [width] + [options.hidden] * options.depth + [dim]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
 
-    def forward(self, x, t, r, y=None):
+    def forward(self, x, t, r, y=None, conditions=None):
         o = self.options
         parts = [x.flatten(1),
                  sinusoidal_embedding(t * o.time_scale, o.time_embed_dim),
                  sinusoidal_embedding(second_time(t, r, o.time_inputs) * o.time_scale, o.time_embed_dim)]
+        parts += [sinusoidal_embedding(column * o.time_scale, o.time_embed_dim)
+                  for column in condition_columns(self.spec, conditions)]
         if self.spec.conditional:
             if y is None:
                 y = torch.full(t.shape, self.spec.num_classes, dtype=torch.long, device=t.device)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from toolkit.backends.jax.attention import attention
 from toolkit.backends.jax.ops import second_time, sinusoidal_embedding
+from toolkit.conditions import condition_columns
 from toolkit.plugins.unet import EMBED_MULT, SKIP_SCALE, check_image_spec, layout
 
 
@@ -109,6 +110,7 @@ class Block(eqx.Module):
 class UNet(eqx.Module):
     t_embedder: TimeEmbedder
     r_embedder: TimeEmbedder
+    condition_embedders: list
     y_embedder: eqx.nn.Embedding | None
     conv_in: eqx.nn.Conv2d
     encoder: list
@@ -127,6 +129,8 @@ class UNet(eqx.Module):
         keys = iter(jax.random.split(key, 4 + len(encoder) + len(middle) + len(decoder)))
         self.t_embedder = TimeEmbedder(embed_dim, o.resolved_frequency_dim, o.time_scale, key=next(keys))
         self.r_embedder = TimeEmbedder(embed_dim, o.resolved_frequency_dim, o.time_scale, key=next(keys))
+        self.condition_embedders = [TimeEmbedder(embed_dim, o.resolved_frequency_dim, o.time_scale, key=k)
+                                    for k in jax.random.split(jax.random.fold_in(key, 1), len(spec.conditions))]
         self.y_embedder = (eqx.nn.Embedding(weight=xavier(next(keys), (spec.num_classes + 1, embed_dim)))
                            if spec.conditional else None)
         self.conv_in = conv(channels, o.channels, 3, next(keys))
@@ -136,9 +140,11 @@ class UNet(eqx.Module):
         self.norm_out = eqx.nn.GroupNorm(o.groups, decoder[-1].cout, o.norm_eps)
         self.conv_out = conv(decoder[-1].cout, channels, 3, key, gain=0)
 
-    def __call__(self, x, t, r, y=None, *, key=None):
+    def __call__(self, x, t, r, y=None, conditions=None, *, key=None):
         o = self.options
         c = self.t_embedder(t) + self.r_embedder(second_time(t, r, o.time_inputs))
+        c = c + sum(embed(column) for embed, column in zip(self.condition_embedders,
+                                                           condition_columns(self.spec, conditions)))
         if self.y_embedder is not None:
             c = c + self.y_embedder(self.spec.num_classes if y is None else y)
         c = jax.nn.silu(c)  # EDM's mapping network ends with a SiLU; each block's affine reads it

@@ -9,6 +9,7 @@ from torch import nn
 
 from toolkit.backends.torch.attention import attention
 from toolkit.backends.torch.ops import second_time, sinusoidal_embedding
+from toolkit.conditions import condition_columns
 from toolkit.plugins.unet import EMBED_MULT, SKIP_SCALE, check_image_spec, layout
 
 
@@ -87,6 +88,8 @@ class UNet(nn.Module):
         o, embed_dim = options, EMBED_MULT * options.channels
         self.t_embedder = TimeEmbedder(embed_dim, o.resolved_frequency_dim, o.time_scale)
         self.r_embedder = TimeEmbedder(embed_dim, o.resolved_frequency_dim, o.time_scale)
+        self.condition_embedders = nn.ModuleList(TimeEmbedder(embed_dim, o.resolved_frequency_dim, o.time_scale)
+                                                 for _ in spec.conditions)
         if spec.conditional:
             self.y_embedder = nn.Embedding(spec.num_classes + 1, embed_dim)  # + the null class
             nn.init.xavier_uniform_(self.y_embedder.weight)
@@ -98,9 +101,11 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(o.groups, decoder[-1].cout, o.norm_eps)
         self.conv_out = conv(decoder[-1].cout, channels, 3, gain=0)
 
-    def forward(self, x, t, r, y=None):
+    def forward(self, x, t, r, y=None, conditions=None):
         o = self.options
         c = self.t_embedder(t) + self.r_embedder(second_time(t, r, o.time_inputs))
+        c = c + sum(embed(column) for embed, column in zip(self.condition_embedders,
+                                                           condition_columns(self.spec, conditions)))
         if self.spec.conditional:
             c = c + self.y_embedder(torch.full_like(t, self.spec.num_classes, dtype=torch.long) if y is None else y)
         c = nn.functional.silu(c)  # EDM's mapping network ends with a SiLU; each block's affine reads it
