@@ -130,3 +130,45 @@ def test_a_previous_run_is_kept_unless_overwrite(capsys, tmp_path):
     assert run_cli(capsys, *argv, "--overwrite")[0] == 0
     assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 1
     assert (tmp_path / "notes.txt").read_text() == "mine"  # only the run's own files are replaced
+
+
+def test_broken_plugins_never_break_the_cli_for_the_rest(capsys, install_plugin, tmp_path):
+    """The three ways a plugin goes wrong, installed at once: one raises on import, one registers a
+    malformed component, one implements a single backend. Each is named with its reason; every
+    other component keeps working, in both backends."""
+    install_plugin("toolkit-raises", "raises", "raise RuntimeError('boom at import')\n")
+    install_plugin("toolkit-malformed", "malformed", """
+        from toolkit.hookspecs import hookimpl
+
+        @hookimpl
+        def register_samplers(register):
+            register("half_registered", {"*": "no_colon_here"})
+    """)
+    install_plugin("toolkit-torch-only", "torch_only", """
+        from toolkit.hookspecs import hookimpl
+        from toolkit.plugins.flow_matching import FlowMatchingOptions
+
+        @hookimpl
+        def register_objectives(register):
+            register("torch_only_fm", {"torch": "toolkit.plugins.flow_matching.torch:FlowMatching"},
+                     options=FlowMatchingOptions)
+    """)
+    code, out, err = run_cli(capsys, "plugins")
+    assert code == 0
+    assert "toolkit: warning: plugin 'raises' (toolkit-raises 0.1) failed to load: RuntimeError: boom at import" in err
+    assert "plugin 'malformed' (toolkit-malformed 0.1) failed while registering" in err
+    assert "sampler 'half_registered': implementation 'no_colon_here' for '*' is not 'module:attribute'" in err
+    rows = [line.split() for line in out.splitlines()]
+    assert ["objective", "torch_only_fm", "toolkit-torch-only", "0.1", "torch"] in rows
+    assert "half_registered" not in out
+
+    short = ["--no-progress", "--set", "run.steps=2", "--set", "logging.every=1", "--set", "eval.num_samples=64"]
+    config = str(CONFIGS / "fm_toy2d.yaml")
+    for backend in ("torch", "jax"):  # the rest trains, in the backend the one-backend plugin lacks too
+        assert main(["run", config, "--backend", backend, "--out", str(tmp_path / backend), *short]) == 0
+    torch_only = ["--set", "objective={name: torch_only_fm}"]
+    assert main(["run", config, "--backend", "torch", "--out", str(tmp_path / "only"), *short, *torch_only]) == 0
+    capsys.readouterr()
+    code = main(["run", config, "--backend", "jax", "--out", str(tmp_path / "no"), *short, *torch_only])
+    err = capsys.readouterr().err
+    assert code == 2 and "torch_only_fm" in err and "no jax implementation; it implements: torch" in err, err

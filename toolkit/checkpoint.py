@@ -159,19 +159,18 @@ def load_engine_arrays(engine, config, arrays: Mapping[str, np.ndarray]) -> None
     engine.load_optimizer_arrays(prefixed(arrays, OPTIMIZER_PREFIX))
 
 
-def weights_for(arrays: Mapping[str, np.ndarray], config, weights: str = "ema") -> tuple[str, dict[str, np.ndarray]]:
-    """``(description, weights)`` to sample with: ``ema`` picks the average of the first of
-    ``ema.decays`` (the raw weights when there is none), ``model`` the raw weights, and a
-    number that average (``"0.999"``)."""
+def chosen_average(config, weights: str = "ema") -> float | None:
+    """The EMA decay whose average to sample with (None: the raw weights): ``ema`` is the first
+    of ``ema.decays`` (the raw weights when there is none), ``model`` the raw weights, and a
+    number that average (``"0.999"``), which the run must keep."""
     decays = tuple(config.ema.decays)
     if weights == "model" or (weights == "ema" and not decays):
-        return "model", prefixed(arrays, MODEL_PREFIX)
+        return None
     decay = decays[0] if weights == "ema" else float(weights)
-    chosen = prefixed(arrays, ema_prefix(decay))
-    if not chosen:
+    if decay not in decays:
         stored = ", ".join(["model", *(repr(d) for d in decays)])
         raise UsageError(f"no EMA weights with decay {decay!r} in the checkpoint; it has: {stored}")
-    return f"ema {decay!r}", chosen
+    return decay
 
 
 def latest_checkpoint(out_dir: Path, config) -> tuple[Path, dict[str, np.ndarray], dict[str, Any]]:

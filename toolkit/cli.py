@@ -179,7 +179,7 @@ def _checkpoint_engine(checkpoint, backend, overrides=()):
 @click.option("--class", "label", type=click.IntRange(min=0), default=None,
               help="Sample this class only [default: the classes in turn, a row each].")
 @click.option("--guidance", type=float, default=None,
-              help="Classifier-free guidance scale, for samplers that take one (euler, heun).")
+              help="Guidance scale, for samplers that take one (euler, heun, a plugin's such as imf).")
 @click.option("--weights", default="ema", show_default=True,
               help="ema (the first EMA decay of the run), model (raw weights), or an EMA decay such as 0.999.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Sequence
 
 import attrs
 import numpy as np
 
-from toolkit.checkpoint import load_engine_arrays, weights_for
+from toolkit.checkpoint import chosen_average, load_engine_arrays
 from toolkit.config import Config, InvalidValue, config_from_dict
 from toolkit.errors import ConfigError, ToolkitError, UsageError
 from toolkit.interfaces import DataSpec
@@ -60,17 +61,14 @@ def checkpoint_engine(path: Path, arrays: dict, metadata: dict, backend: str, re
 @contextlib.contextmanager
 def sampling_weights(engine, config: Config, weights: str = "ema"):
     """Within the block the engine holds the weights chosen by
-    :func:`~toolkit.checkpoint.weights_for` (yielded as their description); the training
+    :func:`~toolkit.checkpoint.chosen_average` (yielded as their description); the training
     weights come back after it."""
-    if weights == "model" or (weights == "ema" and not config.ema.decays):
+    decay = chosen_average(config, weights)
+    if decay is None:
         yield "model"
         return
-    decays = tuple(config.ema.decays)
-    decay = decays[0] if weights == "ema" else float(weights)
-    if decay not in decays:  # weights_for's message, which lists what there is
-        weights_for({}, config, weights)
     # only the chosen average and the training weights are copied (not the optimiser state)
-    chosen = engine.ema_arrays()[decays.index(decay)]
+    chosen = engine.ema_arrays()[tuple(config.ema.decays).index(decay)]
     training = engine.state_arrays()
     engine.load_state_arrays(chosen)
     del chosen
@@ -128,9 +126,20 @@ def draw_samples(engine, sampler, spec: DataSpec, n: int, seed: int, label: int 
     return engine.sample(sampler, noise, grid_labels(spec, n, label))
 
 
+def is_image_shape(shape: Sequence[int]) -> bool:
+    """Whether examples of this shape are images: (C, H, W) with 1 or 3 channels."""
+    return len(shape) == 3 and shape[0] in (1, 3)
+
+
 def picturable(samples: np.ndarray) -> bool:
     """Whether :func:`samples_picture` can draw these: images, or 2-D points."""
-    return (samples.ndim == 4 and samples.shape[1] in (1, 3)) or (samples.ndim == 2 and samples.shape[1] == 2)
+    return (samples.ndim == 4 and is_image_shape(samples.shape[1:])) or (samples.ndim == 2 and samples.shape[1] == 2)
+
+
+def drawable(spec: DataSpec, dataset) -> bool:
+    """Whether samples of this data can be drawn: images, 2-D points, or latents that the data
+    set decodes (``Dataset.decode``)."""
+    return picturable(np.zeros((1, *spec.shape))) or hasattr(dataset, "decode")
 
 
 def samples_picture(samples: np.ndarray, path: Path | None, title: str, reference: np.ndarray | None = None):
@@ -166,8 +175,7 @@ def prepared_metric(config: Config, backend: str, registry, dataset):
         return None
     metric = registry.load("metric", config.eval.metric.name, backend)(config.eval.metric.options)
     shape = dataset.spec.shape
-    if (getattr(metric, "needs_images", False) and not (len(shape) == 3 and shape[0] in (1, 3))
-            and getattr(dataset, "decode", None) is None):
+    if getattr(metric, "needs_images", False) and not (is_image_shape(shape) or hasattr(dataset, "decode")):
         raise UsageError(f"eval.metric {config.eval.metric.name} measures images, but the data's examples have "
                          f"shape {shape} and the data set cannot decode them (for latents: a data file made by "
                          f"`toolkit data encode`, whose VAE folder exists here, and diffusers installed)")

@@ -68,7 +68,7 @@ def register_objectives(register: Register) -> None:
 
 @hookspec
 def register_backbones(register: Register) -> None:
-    """Register networks ``u(x, t, r, y)`` (kind ``backbone``; see :class:`toolkit.interfaces.Backbone`)."""
+    """Register networks ``u(x, t, r, y, conditions)`` (kind ``backbone``; see :class:`toolkit.interfaces.Backbone`)."""
 
 
 @hookspec

@@ -26,8 +26,8 @@ from toolkit.checkpoint import (checkpoint_metadata, checkpoint_path, latest_che
                                 prune_checkpoints, save_engine_checkpoint)
 from toolkit.config import Config, OptimizerSection, ema_decay, to_dict
 from toolkit.errors import DivergenceError, UsageError
-from toolkit.evaluation import (as_images, draw_samples, evaluate, grid_size, make_sampler, picturable, prepared_metric,
-                                samples_picture, sampling_weights)
+from toolkit.evaluation import (as_images, draw_samples, drawable, evaluate, grid_size, make_sampler, picturable,
+                                prepared_metric, samples_picture, sampling_weights)
 from toolkit.events import EventLog
 from toolkit.interfaces import DataSpec
 
@@ -182,7 +182,7 @@ def train(config: Config, backend: str, registry, out_dir: Path | None = None,
             rgb = samples_picture(samples, out_dir / "samples.png", title,
                                   dataset.reference(len(samples), config.run.seed).x)
             log.image("eval/samples", rgb, steps)
-        elif samples.ndim == 4 and (picturable(samples) or hasattr(dataset, "decode")):
+        elif samples.ndim == 4 and drawable(spec, dataset):
             # images (or latents, decoded): a row per class, as during training
             with sampling_weights(engine, config, config.eval.weights):
                 grid = as_images(draw_samples(engine, make_sampler(config, backend, registry), spec,
@@ -204,7 +204,7 @@ def log_sample_grids(config: Config, backend: str, registry, engine, dataset, lo
     data set; samples that are neither pictures nor decodable are not drawn."""
     spec = dataset.spec
     n = grid_size(spec)
-    if not (picturable(np.zeros((1, *spec.shape))) or hasattr(dataset, "decode")):
+    if not drawable(spec, dataset):
         return  # nothing to draw: not worth sampling
     with sampling_weights(engine, config, config.eval.weights):
         for nfe in config.logging.sample_nfe:
