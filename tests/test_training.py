@@ -79,7 +79,9 @@ def test_learns_the_toy_distribution(backend, tmp_path):
 
 @pytest.mark.slow
 def test_shipped_config_learns_the_checkerboard(backend, tmp_path):
-    results = toy_run(backend, tmp_path)
+    # 3000 of the config's 8000 steps (the suite's time budget): measured 0.267 of the noise's
+    # distance in both backends at 3000, 0.256 at 4000.
+    results = toy_run(backend, tmp_path, "run.steps=3000")
     assert results["sliced_wasserstein"] < 0.3 * results["sliced_wasserstein_of_noise"], results
 
 
@@ -143,7 +145,7 @@ def test_meanflow_learns_one_step_sampling(backend, tmp_path):
                                            if not data_missing(p) or p.name in PAPER_PATHS))
 def test_every_shipped_config_validates_and_runs(backend, tmp_path, config):
     """Three steps of each config. A paper config, whose ImageNet latents are not on this
-    machine, runs as `toolkit run --smoke` does, with two blocks of its architecture: every
+    machine, runs as `toolkit run --smoke` does, with one block of its architecture: every
     other setting is the paper's (configs/twins/ train them all on digits)."""
     import yaml
 
@@ -152,7 +154,7 @@ def test_every_shipped_config_validates_and_runs(backend, tmp_path, config):
     data = yaml.safe_load((CONFIGS / config).read_text())["data"]
     if data_missing(CONFIGS / config):
         registry = get_registry()
-        cfg = load_config(CONFIGS / config, ["logging.progress=false", "model.depth=2"], registry, backend=backend)
+        cfg = load_config(CONFIGS / config, ["logging.progress=false", "model.depth=1"], registry, backend=backend)
         results = train(smoke_config(cfg, registry, backend), backend, registry, out_dir=tmp_path)
     else:
         # a data file the config builds itself goes into tmp_path, not the working directory
