@@ -60,8 +60,9 @@ def run_plugin_tests(install_plugin, tmp_path, jax_implementation: str) -> subpr
 def test_a_plugin_package_gets_the_shared_checks_with_one_line(install_plugin, tmp_path):
     result = run_plugin_tests(install_plugin, tmp_path, '"toolkit.plugins.flow_matching.jax:FlowMatching"')
     assert result.returncode == 0, result.stdout + result.stderr
-    # parity (1) + loss/gradients (2 backends) + train_step (2 backends) + the fixture test (2)
-    assert "7 passed" in result.stdout
+    # parity (1) + loss/gradients (2 backends) + train_step (2 backends) + the fixture test (2);
+    # the checks of other kinds (backbones, samplers, schedules) are deselected, not skipped
+    assert "7 passed" in result.stdout and "deselected" in result.stdout and "skipped" not in result.stdout
 
 
 def test_the_shared_checks_catch_a_wrong_jax_implementation(install_plugin, tmp_path):
