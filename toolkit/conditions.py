@@ -19,3 +19,9 @@ def condition_columns(spec: DataSpec, conditions: Any) -> list:
         raise ValueError(f"the network is built for {len(spec.conditions)} conditions "
                          f"({', '.join(spec.conditions) or 'none'}), but was called with {given}")
     return [conditions[..., i] for i in range(given)]
+
+
+def embedded_conditions(embedders, spec: DataSpec, conditions: Any) -> Any:
+    """The sum of ``embedders[i]`` applied to condition ``i``: what a backbone adds to its
+    conditioning vector (0 when the network takes no conditions)."""
+    return sum(embed(column) for embed, column in zip(embedders, condition_columns(spec, conditions)))

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from toolkit.backends.jax.attention import attention
 from toolkit.backends.jax.ops import second_time, sinusoidal_embedding
-from toolkit.conditions import condition_columns
+from toolkit.conditions import embedded_conditions
 from toolkit.plugins.dit import check_image_spec, position_embedding
 
 
@@ -143,8 +143,7 @@ class DiT(eqx.Module):
         channels, height, width = x.shape
         h = self.x_embedder(x) + jnp.asarray(position_embedding(o.resolved_width, height // p), x.dtype)
         c = self.t_embedder(t) + self.r_embedder(second_time(t, r, o.time_inputs))
-        c = c + sum(embed(column) for embed, column in zip(self.condition_embedders,
-                                                           condition_columns(self.spec, conditions)))
+        c = c + embedded_conditions(self.condition_embedders, self.spec, conditions)
         if self.y_embedder is not None:
             c = c + self.y_embedder(self.spec.num_classes if y is None else y)
         for block in self.blocks:

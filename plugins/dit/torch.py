@@ -7,7 +7,7 @@ from torch import nn
 
 from toolkit.backends.torch.attention import attention
 from toolkit.backends.torch.ops import second_time, sinusoidal_embedding
-from toolkit.conditions import condition_columns
+from toolkit.conditions import embedded_conditions
 from toolkit.plugins.dit import check_image_spec, position_embedding
 
 
@@ -90,8 +90,7 @@ class DiT(nn.Module):
         b, channels, height, width = x.shape
         h = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed.to(x.dtype)
         c = self.t_embedder(t) + self.r_embedder(second_time(t, r, o.time_inputs))
-        c = c + sum(embed(column) for embed, column in zip(self.condition_embedders,
-                                                           condition_columns(self.spec, conditions)))
+        c = c + embedded_conditions(self.condition_embedders, self.spec, conditions)
         if self.spec.conditional:
             c = c + self.y_embedder(torch.full_like(t, self.spec.num_classes, dtype=torch.long) if y is None else y)
         for block in self.blocks:

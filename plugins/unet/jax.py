@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from toolkit.backends.jax.attention import attention
 from toolkit.backends.jax.ops import second_time, sinusoidal_embedding
-from toolkit.conditions import condition_columns
+from toolkit.conditions import embedded_conditions
 from toolkit.plugins.unet import EMBED_MULT, SKIP_SCALE, check_image_spec, layout
 
 
@@ -143,8 +143,7 @@ class UNet(eqx.Module):
     def __call__(self, x, t, r, y=None, conditions=None, *, key=None):
         o = self.options
         c = self.t_embedder(t) + self.r_embedder(second_time(t, r, o.time_inputs))
-        c = c + sum(embed(column) for embed, column in zip(self.condition_embedders,
-                                                           condition_columns(self.spec, conditions)))
+        c = c + embedded_conditions(self.condition_embedders, self.spec, conditions)
         if self.y_embedder is not None:
             c = c + self.y_embedder(self.spec.num_classes if y is None else y)
         c = jax.nn.silu(c)  # EDM's mapping network ends with a SiLU; each block's affine reads it

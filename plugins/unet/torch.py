@@ -9,7 +9,7 @@ from torch import nn
 
 from toolkit.backends.torch.attention import attention
 from toolkit.backends.torch.ops import second_time, sinusoidal_embedding
-from toolkit.conditions import condition_columns
+from toolkit.conditions import embedded_conditions
 from toolkit.plugins.unet import EMBED_MULT, SKIP_SCALE, check_image_spec, layout
 
 
@@ -104,8 +104,7 @@ class UNet(nn.Module):
     def forward(self, x, t, r, y=None, conditions=None):
         o = self.options
         c = self.t_embedder(t) + self.r_embedder(second_time(t, r, o.time_inputs))
-        c = c + sum(embed(column) for embed, column in zip(self.condition_embedders,
-                                                           condition_columns(self.spec, conditions)))
+        c = c + embedded_conditions(self.condition_embedders, self.spec, conditions)
         if self.spec.conditional:
             c = c + self.y_embedder(torch.full_like(t, self.spec.num_classes, dtype=torch.long) if y is None else y)
         c = nn.functional.silu(c)  # EDM's mapping network ends with a SiLU; each block's affine reads it

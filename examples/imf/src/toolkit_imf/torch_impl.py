@@ -29,9 +29,9 @@ class ImprovedMeanFlow:
         z, v = interpolate(x, noise, t)
         y = with_null_labels(y, drop, self.spec.num_classes)
         n = self.options.averaged(len(t))  # the leading pairs, where r may be below t
-        own = tangent = None
         with torch.no_grad():
             if self.options.guidance is None:
+                own = None
                 v_model = model(z[:n], t[:n], t[:n], None if y is None else y[:n]) if n else None
                 target = v
             else:
