@@ -175,26 +175,31 @@ def chosen_average(config, weights: str = "ema") -> float | None:
 
 def latest_checkpoint(out_dir: Path, config) -> tuple[Path, dict[str, np.ndarray], dict[str, Any]]:
     """The newest checkpoint of the run in ``out_dir``, checked against ``config``."""
-    from toolkit.config import to_dict
-
     found = list_checkpoints(Path(out_dir) / "checkpoints")
     if not found:
         raise UsageError(f"{out_dir}: no checkpoint to resume from (looked for "
                          f"{Path(out_dir) / 'checkpoints' / 'step_*.safetensors'}); run without --resume")
     path = found[-1]
     arrays, metadata = load_checkpoint(path)
-    stored, current = _flatten(metadata.get("config", {})), _flatten(to_dict(config))
-    changed = sorted(key for key in set(stored) | set(current)
-                     if stored.get(key) != current.get(key) and not key.startswith(RESUMABLE_CHANGES))
+    changed = config_differences(metadata.get("config", {}), config, ignore=RESUMABLE_CHANGES)
     if changed:
-        details = "; ".join(f"{key}: {stored.get(key)!r} in the checkpoint, {current.get(key)!r} now"
-                            for key in changed[:5])
+        details = "; ".join(f"{key}: {old!r} in the checkpoint, {new!r} now" for key, old, new in changed[:5])
         raise UsageError(f"{path}: cannot resume with a different config ({details}). Only "
                          f"{', '.join(RESUMABLE_CHANGES)} may change")
     if int(metadata.get("step", 0)) >= config.run.steps:
         raise UsageError(f"{path}: the run already reached step {metadata['step']} of run.steps="
                          f"{config.run.steps}; raise run.steps to train further")
     return path, arrays, metadata
+
+
+def config_differences(stored: Mapping[str, Any], config, ignore: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, stored value, current value)`` wherever a stored config (plain data, as in a
+    checkpoint or run.json) differs from ``config``, except keys starting with one of ``ignore``."""
+    from toolkit.config import to_dict
+
+    old, new = _flatten(stored), _flatten(json.loads(json.dumps(to_dict(config))))
+    return [(key, old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
+            if old.get(key) != new.get(key) and not key.startswith(ignore)]
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:

@@ -260,6 +260,55 @@ def plan(config_path, overrides, devices, memory_gib, dataset_size, as_json):
     click.echo(json.dumps(plan_summary(result)) if as_json else format_plan(result, config))
 
 
+@cli.command()
+@click.argument("study_path", metavar="STUDY", type=click.Path(dir_okay=False))
+@click.option("--backend", default="torch", show_default=True, help="torch, jax, or any backend plugin.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Where the cells and the report go [default: runs/studies/<name>-<backend>].")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a run config value in every cell, after the study's own (repeatable).")
+@click.option("--seeds", default=None, metavar="0,1,...", help="Run these seeds instead of the study's.")
+@click.option("--variants", default=None, metavar="A,B,...", help="Only these variants [default: all].")
+@click.option("--rerun-changed", is_flag=True, help="Train again the cells that were run with another config.")
+@click.option("--report-only", is_flag=True, help="Train nothing; rebuild the report from the cells on disk.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="A bar over the whole grid (a line per cell when not on a terminal).")
+def study(study_path, backend, out_dir, overrides, seeds, variants, rerun_changed, report_only, progress):
+    """Run the grid of STUDY (variants x training lengths x seeds), then write its report.
+
+    Finished cells are not run again and interrupted ones resume, so the same command
+    continues a stopped study. The report (results.csv, results.md, summary.json and PNG
+    pictures) goes beside the cells. Exits 1 when a cell failed (the others still run)."""
+    import attrs
+
+    from toolkit.study import load_study, run_cells, study_cells, write_report
+
+    registry = _registry()
+    _warn_problems(registry)
+    registry.get("backend", backend)
+    spec = load_study(study_path, registry)
+    if seeds is not None:
+        try:
+            spec = attrs.evolve(spec, seeds=tuple(int(s) for s in seeds.split(",")))
+        except ValueError:
+            raise click.BadParameter(f"expected seeds like 0,1,2, got {seeds!r}", param_hint="--seeds") from None
+    chosen = tuple(v.strip() for v in variants.split(",")) if variants else ()
+    out = Path(out_dir) if out_dir else Path("runs") / "studies" / f"{spec.name}-{backend}"
+    cells = study_cells(spec, study_path, backend, registry, out, overrides, chosen)
+    outcomes = [] if report_only else run_cells(cells, backend, registry, progress, rerun_changed)
+    command = " ".join(["toolkit study", study_path, "--backend", backend, *(f"--set {o}" for o in overrides),
+                        *(["--seeds", seeds] if seeds else []), *(["--variants", variants] if variants else [])])
+    report = write_report(spec, cells, out, backend, registry, command)
+    failed = [o for o in outcomes if o.status == "failed"]
+    for path in report["results"] + report["pictures"]:
+        click.echo(str(path))
+    if failed:
+        click.echo(f"toolkit: {len(failed)} of {len(cells)} cells failed, first: {failed[0].cell.label}: "
+                   f"{failed[0].error} (run the same command to try them again)", err=True)
+        return 1
+    return 0
+
+
 @cli.group()
 def plugin():
     """Plugin packages."""

@@ -164,6 +164,13 @@ class EvalSection:
     #: also measure the two anchors, the noise itself and as many training examples (each costs
     #: as much as the samples' measurement: off for 50,000-sample FIDs)
     anchors: bool = True
+    #: numbers of network evaluations to measure besides the sampler's own (metrics.json and
+    #: TensorBoard ``eval/<metric>_<n>nfe``); the sampler's ``nfe`` is always measured
+    nfe: tuple[int, ...] = attrs.field(default=(), validator=check(lambda v: all(n > 0 for n in v),
+                                                                   "positive numbers"))
+    #: also measure during training, every this many steps (the curve of the metric against the
+    #: step; no anchors); None: once, when training ends
+    every: int | None = attrs.field(default=None, validator=positive)
 
 
 @attrs.frozen
@@ -204,30 +211,38 @@ class Config:
 def load_config(path: str | Path, overrides: Sequence[str] = (), registry=None,
                 backend: str | None = None) -> Config:
     """Read, override and validate a run file. ``backend`` checks every component supports it."""
+    return config_from_dict(read_yaml(path), str(path), overrides, registry, backend)
+
+
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    """The data of a YAML file (an empty file is an empty mapping); errors name the file."""
     path = Path(path)
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise ConfigError(str(path), "", "no such config file") from None
+        raise ConfigError(str(path), "", f"no such {what}") from None
     except OSError as error:
         raise ConfigError(str(path), "", f"cannot read: {error.strerror}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(str(path), "", f"not valid YAML: {error}") from None
-    return config_from_dict({} if data is None else data, str(path), overrides, registry, backend)
+    return {} if data is None else data
 
 
 def config_from_dict(data: Any, source: str = "<config>", overrides: Sequence[str] = (),
-                     registry=None, backend: str | None = None, cls: type = Config) -> Any:
+                     registry=None, backend: str | None = None, cls: type = Config,
+                     origins: Mapping[str, str] | None = None) -> Any:
+    """Validate plain data as ``cls``. ``origins`` names where dotted keys were set when that is
+    not ``source`` (errors under such a key name it); ``--set`` style ``overrides`` come last."""
     if not isinstance(data, Mapping):
         raise ConfigError(source, "", f"expected a mapping of sections, got {_describe(data)}")
     data = _apply_overrides(dict(data), overrides)
     if registry is None:
         from toolkit.registry import get_registry
         registry = get_registry()
-    context = _Context(source, {key: f"--set {key}={raw}" for key, raw in _split(overrides)},
-                       registry, backend)
+    where = {**(origins or {}), **{key: f"--set {key}={raw}" for key, raw in _split(overrides)}}
+    context = _Context(source, where, registry, backend)
     return _structure(cls, data, context, "")
 
 
@@ -245,15 +260,22 @@ def _split(overrides: Sequence[str]) -> list[tuple[str, str]]:
 
 def _apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
     for text in overrides:
-        key, value = parse_override(text)
-        node = data
-        parts = key.split(".")
+        data = set_keys(data, dict([parse_override(text)]), f"--set {text}")
+    return data
+
+
+def set_keys(data: Mapping, settings: Mapping[str, Any], origin: str) -> dict:
+    """A copy of ``data`` with each dotted key of ``settings`` set to its value (a mapping set at a
+    section's key replaces the whole section). ``origin`` names the settings in errors."""
+    data = dict(data)
+    for key, value in settings.items():
+        node, parts = data, str(key).split(".")
         for depth, part in enumerate(parts[:-1]):
             child = node.get(part)
             if child is None:
                 child = {}
             elif not isinstance(child, Mapping):
-                raise ConfigError(f"--set {text}", ".".join(parts[:depth + 1]),
+                raise ConfigError(origin, ".".join(parts[:depth + 1]),
                                   f"is {_describe(child)}, not a section; cannot set {key}")
             node[part] = child = dict(child)
             node = child

@@ -215,7 +215,7 @@ class Measurement:
 
 
 def evaluate(config: Config, backend: str, registry, engine, dataset, step: int,
-             nfe: int | None = None, metric=None) -> tuple[dict, np.ndarray]:
+             nfe: int | None = None, metric=None, anchors: bool | None = None) -> tuple[dict, np.ndarray]:
     """Sample ``eval.num_samples`` with the configured sampler (``nfe`` steps if given) and the
     ``eval.weights``, ``eval.batch_size`` at a time, and measure ``eval.metric`` against
     held-out data, or against the metric's own reference (FID statistics of a training set;
@@ -223,7 +223,8 @@ def evaluate(config: Config, backend: str, registry, engine, dataset, step: int,
     Returns ``(results, samples)``, the samples as the model makes them (latents stay latents).
     With ``eval.anchors`` the results carry two anchors for reading the metric: the noise itself
     (an untrained model) and as many training examples (the best a model can expect; for
-    latents, the VAE's reconstructions). ``metric``: one :func:`prepared_metric` already made."""
+    latents, the VAE's reconstructions); ``anchors`` overrides ``eval.anchors``. ``metric``: one
+    :func:`prepared_metric` already made."""
     n, seed, size, spec = config.eval.num_samples, config.run.seed, config.eval.batch_size, dataset.spec
     sampler = make_sampler(config, backend, registry, nfe=nfe)
     metric = metric or prepared_metric(config, backend, registry, dataset)
@@ -248,9 +249,42 @@ def evaluate(config: Config, backend: str, registry, engine, dataset, step: int,
         measure = Measurement(metric, dataset, size, seed)
         target = None if reference is None else measure.prepare(reference.x)
         results[name] = measure.score(measure.prepare(samples), target)
-        if config.eval.anchors:
+        if config.eval.anchors if anchors is None else anchors:
             pure_noise = np.concatenate([z for _, z in noise()])
             results[f"{name}_of_noise"] = measure.score(measure.prepare(pure_noise), target)
             training = next(dataset.batches(n, seed + 1)).x
             results[f"{name}_of_training_data"] = measure.score(measure.prepare(training), target)
     return results, samples
+
+
+def sampler_nfe(config: Config) -> int | None:
+    """The configured sampler's number of network evaluations, if its options state one."""
+    return getattr(config.sampler.options, "nfe", None)
+
+
+def evaluation_nfes(config: Config) -> tuple[int, ...]:
+    """The numbers of network evaluations a run is measured at: its sampler's, then ``eval.nfe``."""
+    own = sampler_nfe(config)
+    ordered = ([own] if own is not None else []) + list(config.eval.nfe)
+    return tuple(dict.fromkeys(ordered))
+
+
+def nfe_key(metric_name: str, nfe: int) -> str:
+    """The results key (and TensorBoard tag under ``eval/``) of a metric at ``nfe`` evaluations."""
+    return f"{metric_name}_{nfe}nfe"
+
+
+def evaluate_nfes(config: Config, backend: str, registry, engine, dataset, step: int, metric,
+                  known: dict[int, float] | None = None) -> dict[str, float]:
+    """``eval.metric`` at each of :func:`evaluation_nfes` without anchors, as
+    ``{nfe_key(name, nfe): value}``; ``known`` values (by nfe) are not measured again."""
+    if config.eval.metric is None:
+        return {}
+    name, known = config.eval.metric.name, known or {}
+    values = {}
+    for nfe in evaluation_nfes(config):
+        if nfe not in known:
+            known[nfe] = evaluate(config, backend, registry, engine, dataset, step, nfe=nfe, metric=metric,
+                                  anchors=False)[0][name]
+        values[nfe_key(name, nfe)] = known[nfe]
+    return values

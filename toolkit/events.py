@@ -51,3 +51,46 @@ class EventLog:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def read_scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar logged in ``directory``'s event files, ``{tag: [(step, value), ...]}`` by step,
+    as TensorBoard would show it: the files are read in the order they were written, and a resumed
+    run's restart marker (see ``purge_step``) drops what the killed run logged from that step on."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event, SessionLog
+
+    scalars: dict[str, dict[int, float]] = {}
+    for path in sorted(Path(directory).glob("events.out.tfevents.*"), key=_first_wall_time):
+        data, offset = path.read_bytes(), 0
+        while offset + 12 <= len(data):  # a record: length (u64), its crc, the bytes, their crc
+            (length,) = struct.unpack_from("<Q", data, offset)
+            if offset + 16 + length > len(data):
+                break  # a record cut short by a kill
+            event = Event.FromString(data[offset + 12:offset + 12 + length])
+            offset += 16 + length
+            if event.HasField("session_log") and event.session_log.status == SessionLog.START:
+                for values in scalars.values():
+                    for step in [s for s in values if s >= event.step]:
+                        del values[step]
+            for value in event.summary.value:
+                if value.HasField("simple_value"):
+                    scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+    return {tag: sorted(values.items()) for tag, values in scalars.items()}
+
+
+def _first_wall_time(path: Path) -> float:
+    """When the file was begun: the wall time of its first event (its header)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    data = path.read_bytes()[:4096]
+    if len(data) < 12:
+        return float("inf")
+    (length,) = struct.unpack_from("<Q", data, 0)
+    try:
+        return Event.FromString(data[12:12 + length]).wall_time
+    except Exception:  # a damaged header: after every readable file
+        return float("inf")

@@ -18,6 +18,7 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import Callable
 
 import attrs
 import numpy as np
@@ -26,8 +27,9 @@ from toolkit.checkpoint import (checkpoint_metadata, checkpoint_path, latest_che
                                 prune_checkpoints, save_engine_checkpoint)
 from toolkit.config import Config, OptimizerSection, ema_decay, to_dict
 from toolkit.errors import DivergenceError, UsageError
-from toolkit.evaluation import (as_images, draw_samples, drawable, evaluate, grid_size, make_sampler, picturable,
-                                prepared_metric, samples_picture, sampling_weights)
+from toolkit.evaluation import (as_images, draw_samples, drawable, evaluate, evaluate_nfes, evaluation_nfes,
+                                grid_size, make_sampler, nfe_key, picturable, prepared_metric, sampler_nfe,
+                                samples_picture, sampling_weights)
 from toolkit.events import EventLog
 from toolkit.interfaces import DataSpec
 
@@ -102,14 +104,22 @@ def _unless_gone(function, path, error) -> None:
 
 
 def train(config: Config, backend: str, registry, out_dir: Path | None = None,
-          progress: bool | None = None, overwrite: bool = False, resume: bool = False) -> dict | None:
+          progress: bool | None = None, overwrite: bool = False, resume: bool = False,
+          on_log: Callable[[int, dict], None] | None = None) -> dict | None:
     """Train, checkpoint, evaluate. Returns the final metrics (also in ``metrics.json``); None in
     the processes of a multi-process run other than the main one (``engine.is_main``), which write
-    nothing and do not evaluate.
+    nothing and do not evaluate. ``on_log(step, values)`` is called with what is logged every
+    ``logging.every`` steps (the train values, and ``eval/`` values when measured).
+
+    ``metrics.json`` holds the metric at the sampler's NFE (``<metric>``, with its anchors) and at
+    each of ``eval.nfe`` (``<metric>_<n>nfe``), the final training loss, and ``seconds_per_step``:
+    the wall time of the training steps alone (no evaluation, pictures or checkpoints), over the
+    steps this process ran; ``wall_seconds``: all of this call, evaluation included.
 
     ``resume`` continues from the newest checkpoint in ``out_dir``: every random input of
     step i (batch, draws, noise) is a pure function of (seed, i), and the checkpoint holds
     the weights and the optimiser state, so the resumed run repeats the uninterrupted one."""
+    began = time.perf_counter()
     out_dir = Path(out_dir or default_out_dir(config, backend))
     checkpoints = out_dir / "checkpoints"
     restored = latest_checkpoint(out_dir, config) if resume else None
@@ -136,12 +146,16 @@ def train(config: Config, backend: str, registry, out_dir: Path | None = None,
         schedule.calibrate(draw(np.random.default_rng([run.seed, 4]), CALIBRATION_DRAWS, 0, spec))
 
     metric = prepared_metric(config, backend, registry, dataset)  # now: a metric that cannot fit fails early
+    for nfe in evaluation_nfes(config):  # and a sampler that cannot take an eval.nfe
+        make_sampler(config, backend, registry, nfe=nfe)
     batches = dataset.batches(run.batch_size, run.seed, start=start)
     log = EventLog(out_dir, purge_step=start + 1 if start else None) if main else _NoLog()
     bar = _progress(steps, main and (config.logging.progress if progress is None else progress), start)
     last_time, last_step, last_saved = time.perf_counter(), start, restored[0] if restored else None
+    train_seconds, loss = 0.0, None
     try:
         for step in range(start + 1, steps + 1):
+            began = time.perf_counter()
             lr = learning_rate(config.optimizer, step - 1, steps)
             batch = next(batches)
             rng = np.random.default_rng([run.seed, 0, step])  # this step's draws and noise, and nothing else's
@@ -156,13 +170,24 @@ def train(config: Config, backend: str, registry, out_dir: Path | None = None,
                 raise DivergenceError(f"training diverged at step {step}: {error}{kept}") from None
             if config.ema.decays:
                 engine.update_ema([ema_decay(d, step, config.ema.warmup) for d in config.ema.decays])
+            train_seconds += time.perf_counter() - began
+            logged = {}
             if step % config.logging.every == 0 or step == steps:
                 now = time.perf_counter()
                 rate = (step - last_step) / max(now - last_time, 1e-9)
-                log.scalars({**values, "lr": lr, "steps_per_second": rate,
-                             "samples_per_second": rate * run.batch_size}, step, prefix="train/")
+                logged = {**values, "lr": lr, "steps_per_second": rate, "samples_per_second": rate * run.batch_size}
+                log.scalars(logged, step, prefix="train/")
                 bar.update(step, values["loss"], rate)
-                last_time, last_step = now, step
+                last_time, last_step, loss = now, step, float(values["loss"])
+            if main and metric is not None and config.eval.every and step % config.eval.every == 0 and step < steps:
+                measured = evaluate_nfes(config, backend, registry, engine, dataset, step, metric)
+                if sampler_nfe(config) is not None:  # the metric's own tag, at the sampler's NFE
+                    measured[config.eval.metric.name] = measured[nfe_key(config.eval.metric.name, sampler_nfe(config))]
+                log.scalars(measured, step, prefix="eval/")
+                logged.update({f"eval/{key}": value for key, value in measured.items()})
+                last_time = time.perf_counter()  # the rate is of training, not of measuring
+            if on_log is not None and logged:
+                on_log(step, logged)
             if main and config.logging.samples_every and (step % config.logging.samples_every == 0 or step == steps):
                 log_sample_grids(config, backend, registry, engine, dataset, log, step)
             if main and (step % config.checkpoint.every == 0 or step == steps):
@@ -176,7 +201,15 @@ def train(config: Config, backend: str, registry, out_dir: Path | None = None,
         results, samples = evaluate(config, backend, registry, engine, dataset, steps, metric=metric)
         name = config.eval.metric.name if config.eval.metric else None
         if name:
-            log.scalars({name: results[name]}, steps, prefix="eval/")
+            results.update(evaluate_nfes(config, backend, registry, engine, dataset, steps, metric,
+                                         known={results["nfe"]: results[name]}))
+            log.scalars({key: value for key, value in results.items() if key.startswith(name)}, steps,
+                        prefix="eval/")
+            if on_log is not None:
+                on_log(steps, {f"eval/{key}": value for key, value in results.items() if key.startswith(name)})
+        ran = steps - start
+        results.update({"loss": loss, "seconds_per_step": train_seconds / ran if ran else None,
+                        "wall_seconds": time.perf_counter() - began})
         title = f"{config.run.name} ({backend}), step {steps}, {results['nfe']} NFE, {results['weights']} weights"
         if samples.ndim == 2 and picturable(samples):  # points: all of them, beside the held-out data
             rgb = samples_picture(samples, out_dir / "samples.png", title,
