@@ -101,6 +101,12 @@ def test_resume_errors(tmp_path, capsys):
     capsys.readouterr()
     assert main(["run", config, *common, "--resume"]) == 2
     assert "already reached step 20 of run.steps=20" in capsys.readouterr().err
+    # stopped after its last checkpoint but before its results: resuming only evaluates, to the same numbers
+    finished = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    (tmp_path / "r" / "metrics.json").unlink()
+    assert main(["run", config, *common, "--resume"]) == 0
+    again = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert again["sliced_wasserstein"] == finished["sliced_wasserstein"] and again["seconds_per_step"] is None
     assert main(["run", config, *common, "--resume", "--set", "run.steps=30", "--set", "optimizer.lr=0.1"]) == 2
     err = capsys.readouterr().err
     assert "cannot resume with a different config (optimizer.lr: 0.002 in the checkpoint, 0.1 now)" in err

@@ -186,7 +186,9 @@ def latest_checkpoint(out_dir: Path, config) -> tuple[Path, dict[str, np.ndarray
         details = "; ".join(f"{key}: {old!r} in the checkpoint, {new!r} now" for key, old, new in changed[:5])
         raise UsageError(f"{path}: cannot resume with a different config ({details}). Only "
                          f"{', '.join(RESUMABLE_CHANGES)} may change")
-    if int(metadata.get("step", 0)) >= config.run.steps:
+    step = int(metadata.get("step", 0))
+    # a run stopped after its last step but before its results (metrics.json) resumes to evaluate
+    if step > config.run.steps or (step == config.run.steps and (Path(out_dir) / "metrics.json").exists()):
         raise UsageError(f"{path}: the run already reached step {metadata['step']} of run.steps="
                          f"{config.run.steps}; raise run.steps to train further")
     return path, arrays, metadata

@@ -155,7 +155,7 @@ def train(config: Config, backend: str, registry, out_dir: Path | None = None,
     train_seconds, loss = 0.0, None
     try:
         for step in range(start + 1, steps + 1):
-            began = time.perf_counter()
+            step_began = time.perf_counter()
             lr = learning_rate(config.optimizer, step - 1, steps)
             batch = next(batches)
             rng = np.random.default_rng([run.seed, 0, step])  # this step's draws and noise, and nothing else's
@@ -170,7 +170,7 @@ def train(config: Config, backend: str, registry, out_dir: Path | None = None,
                 raise DivergenceError(f"training diverged at step {step}: {error}{kept}") from None
             if config.ema.decays:
                 engine.update_ema([ema_decay(d, step, config.ema.warmup) for d in config.ema.decays])
-            train_seconds += time.perf_counter() - began
+            train_seconds += time.perf_counter() - step_began
             logged = {}
             if step % config.logging.every == 0 or step == steps:
                 now = time.perf_counter()

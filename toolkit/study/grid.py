@@ -25,7 +25,7 @@ from typing import Mapping, Sequence
 
 import attrs
 
-from toolkit.config import Config, InvalidValue, check, config_from_dict, positive, read_yaml, set_keys, to_dict
+from toolkit.config import Config, InvalidValue, check, config_from_dict, positive, read_yaml, set_keys
 from toolkit.errors import ConfigError, UsageError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -101,9 +101,6 @@ class Cell:
         except (OSError, ValueError, KeyError):
             return None
 
-    def config_dict(self) -> dict:
-        return json.loads(json.dumps(to_dict(self.config)))  # as run.json holds it: lists, not tuples
-
 
 def load_study(path: str | Path, registry=None) -> Study:
     """Read and validate a study file (its cells' configs: :func:`study_cells`)."""
@@ -132,8 +129,8 @@ def study_cells(study: Study, study_path: str | Path, backend: str, registry, ou
     for variant, own in study.variants.items():
         if variants and variant not in variants:
             continue
-        origins = {**{key: f"{study_path}: set.{key}" for key in study.set},
-                   **{key: f"{study_path}: variants.{variant}.{key}" for key in own}}
+        origins = {**{key: f"{study_path}: set" for key in study.set},
+                   **{key: f"{study_path}: variants.{variant}" for key in own}}
         data = set_keys(set_keys(base, study.set, f"{study_path}: set"), own, f"{study_path}: variants.{variant}")
         for steps in study.steps or (None,):
             for seed in study.seeds:
@@ -141,7 +138,7 @@ def study_cells(study: Study, study_path: str | Path, backend: str, registry, ou
                          **({"run.steps": steps} if steps is not None else {})}
                 cell_data = set_keys(data, fixed, str(study_path))
                 config = config_from_dict(cell_data, str(base_path), settings, registry, backend,
-                                          origins={**origins, **{key: f"{study_path}: seeds/steps" for key in fixed}})
+                                          origins={**origins, **{key: f"{study_path}: seeds, steps" for key in fixed}})
                 folder = out_root / variant / f"{steps}steps" if study.steps else out_root / variant
                 cells.append(Cell(variant, config.run.steps, seed, config, folder / f"seed{seed}"))
     metrics = {c.config.eval.metric.name if c.config.eval.metric else None for c in cells}
