@@ -123,18 +123,25 @@ def test_lengths_reference_and_a_failing_cell(tmp_path, digits_file, capsys):
     assert summary[("broken", 10)]["seeds"] == 0 and summary[("baseline", 20)]["seeds"] == 1
     with open(out / "results.csv") as handle:
         rows = {(r["variant"], r["steps"]): r for r in csv.DictReader(handle)}
-    # "steps to reach": the first measured step whose value is at least as good as the reference's final one
-    for (variant, steps), group in summary.items():
-        if variant == "broken":
-            assert group["reached_at"] is None
-            continue
-        target = float(rows[("baseline", str(steps))]["classifier_fd_1nfe"])
-        from toolkit.events import read_scalars
+    # "steps to reach": the first measured step whose value is at least as good as the reference's final
+    # one, or within the tolerance of it (a study-level setting: the report changes, the cells do not)
+    from toolkit.events import read_scalars
 
-        curve = read_scalars(out / variant / f"{steps}steps" / "seed0")["eval/classifier_fd_1nfe"]
-        expected = next((step for step, value in curve if value <= target * (1 + 1e-6)), None)
-        assert group["reached_at"] == expected
-    assert summary[("baseline", 20)]["reached_at"] is not None
+    for tolerance in (0.0, 0.5):
+        if tolerance:
+            path.write_text(path.read_text() + f"tolerance: {tolerance}\n")
+            assert main(["study", str(path), "--out", str(out), "--report-only"]) == 0
+            summary = {(g["variant"], g["steps"]): g for g in json.loads((out / "summary.json").read_text())["groups"]}
+        for (variant, steps), group in summary.items():
+            if variant == "broken":
+                assert group["reached_at"] is None
+                continue
+            target = float(rows[("baseline", str(steps))]["classifier_fd_1nfe"])
+            curve = read_scalars(out / variant / f"{steps}steps" / "seed0")["eval/classifier_fd_1nfe"]
+            expected = next(step for step, value in curve if value <= target * (1 + tolerance) * (1 + 1e-6))
+            assert group["reached_at"] == expected
+    # the reference reaches its own final value by its end at the latest (the curve ends at full precision)
+    assert summary[("baseline", 10)]["reached_at"] == 10 and summary[("baseline", 20)]["reached_at"] is not None
     table = (out / "results.md").read_text()
     assert "| variant | steps | seeds |" in table and "steps to reach baseline's final classifier_fd" in table
     assert "Failed cells:" in table and "needs pairs with r < t" in table

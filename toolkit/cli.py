@@ -219,6 +219,7 @@ def sample(checkpoint, backend, nfe, count, label, guidance, weights, seed, out,
 def evaluate(checkpoint, metric, backend, nfe, count, weights, overrides, as_json):
     """Measure samples of CHECKPOINT (a file or a run directory) against held-out data."""
     from toolkit.evaluation import evaluate as measure
+    from toolkit.evaluation import evaluate_nfes, prepared_metric
 
     settings = [*([f"eval.metric={{name: {metric}}}"] if metric else []),
                 *([f"eval.num_samples={count}"] if count else []),
@@ -227,7 +228,11 @@ def evaluate(checkpoint, metric, backend, nfe, count, weights, overrides, as_jso
     if config.eval.metric is None:
         raise click.UsageError("the run has no eval.metric; name one with --metric (see `toolkit plugins`)")
     dataset = registry.load("dataset", config.data.name, backend)(config.data.options)
-    results, _ = measure(config, backend, registry, engine, dataset, int(metadata.get("step", 0)), nfe=nfe)
+    step, metric = int(metadata.get("step", 0)), prepared_metric(config, backend, registry, dataset)
+    results, _ = measure(config, backend, registry, engine, dataset, step, nfe=nfe, metric=metric)
+    if nfe is None:  # as the run measured: at each of eval.nfe too
+        results.update(evaluate_nfes(config, backend, registry, engine, dataset, step, metric,
+                                     known={results["nfe"]: results[config.eval.metric.name]}))
     if as_json:
         click.echo(json.dumps(results))
         return

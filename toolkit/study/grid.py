@@ -72,6 +72,9 @@ class Study:
     #: a variant whose final quality the others race to: the report gives each variant the first
     #: measured step at which its mean over seeds is as good (needs ``eval.every``)
     reference: str | None = None
+    #: how close counts as reaching the reference: within this fraction of its final mean (0: as
+    #: good or better), since curves that have levelled off cross a noisy final value late or never
+    tolerance: float = attrs.field(default=0.0, validator=check(lambda v: 0.0 <= v < 1.0, "a value in [0, 1)"))
     #: pictures of samples side by side: up to this many NFE of ``eval.nfe`` (shared by all variants)
     picture_nfe: int = attrs.field(default=3, validator=positive)
 

@@ -23,6 +23,10 @@ from toolkit.study.grid import Cell, Study
 from toolkit.study.runner import FAILED
 
 
+#: samples of each class in a study's side-by-side picture
+SAMPLES_PER_CLASS = 5
+
+
 @attrs.frozen
 class CellResult:
     cell: Cell
@@ -64,6 +68,7 @@ class Group:
     metric: dict
     seconds_per_step: Spread | None
     #: the first measured step at which the mean over seeds is as good as the reference's final
+    #: mean, or within ``Study.tolerance`` of it
     #: mean (None: never; absent without a reference)
     reached_at: int | None = None
 
@@ -133,8 +138,9 @@ def _with_reach(study: Study, groups: list[Group], higher_is_better: bool) -> li
         target = reference.metric.get(primary_nfe(reference)) if reference else None
         reached = None
         if target is not None:
+            slack = study.tolerance * abs(target.mean)
             for step, value in mean_curve(group, primary_nfe(reference)):
-                if (value >= target.mean) if higher_is_better else (value <= target.mean):
+                if (value >= target.mean - slack) if higher_is_better else (value <= target.mean + slack):
                     reached = step
                     break
         out.append(attrs.evolve(group, reached_at=reached))
@@ -165,7 +171,8 @@ def markdown_table(study: Study, groups: Sequence[Group], metric_name: str) -> s
     header = (["variant"] + (["steps"] if lengths else []) + ["seeds"]
               + [f"{metric_name}, {nfe} NFE" for nfe in nfes] + ["ms / step"])
     if study.reference is not None:
-        header += [f"steps to reach {study.reference}'s final {metric_name}"]
+        within = f" (within {study.tolerance:.0%})" if study.tolerance else ""
+        header += [f"steps to reach {study.reference}'s final {metric_name}{within}"]
     rows = [header, ["---"] * len(header)]
     for g in groups:
         speed = (f"{1e3 * g.seconds_per_step.mean:.3g} ± {1e3 * g.seconds_per_step.std:.2g}"
@@ -218,80 +225,120 @@ def _wide(values) -> bool:
     return bool(values) and min(values) > 0 and max(values) / min(values) > 10
 
 
-def plot_curves(study: Study, groups: Sequence[Group], path: Path, metric_name: str) -> Path | None:
+def _ceiling(groups: Sequence[Group], metric_name: str, higher_is_better: bool) -> float | None:
+    """The worst a drawn variant may be: the metric of the noise itself, when measured. A variant
+    worse than that (a collapsed one, say at 1e13) is named in the legend but not drawn, rather
+    than flattening every other line."""
+    noise = Spread.of([r.metrics.get(f"{metric_name}_of_noise") for g in groups for r in g.finished])
+    return None if higher_is_better or noise is None else noise.mean
+
+
+def _off_scale(values: Sequence[float], ceiling: float | None) -> bool:
+    return ceiling is not None and max(values) > ceiling
+
+
+def _fit_view(axis, values: list[float]) -> None:
+    """A log scale for values over decades; the view fitted to the values drawn."""
+    if not values:
+        return
+    wide = _wide(values)
+    if wide:
+        axis.set_yscale("log")
+    low, high = min(values), max(values)
+    margin = 0.05 * (high - low) or 0.05 * abs(high) or 1.0
+    axis.set_ylim(*((low / 1.15, high * 1.15) if wide else (low - margin, high + margin)))
+
+
+def _finish(figure, path: Path, title: str) -> Path:
+    """Title, one legend under the panels (as many columns as its longest label leaves room
+    for), saved."""
+    figure.suptitle(title, fontsize=10)
+    labels = figure.axes[0].get_legend_handles_labels()[1]
+    room = int(figure.get_figwidth() * 72 / 5.2)  # characters of 8-point text across the figure
+    columns = max(1, min(len(labels), room // (max(map(len, labels), default=1) + 6)))
+    figure.legend(loc="outside lower center", ncol=columns, fontsize=8, frameon=False)
+    figure.savefig(path, dpi=110)
+    _pyplot().close(figure)
+    return path
+
+
+def plot_curves(study: Study, groups: Sequence[Group], path: Path, metric_name: str,
+                higher_is_better: bool = False) -> Path | None:
     """The metric against the training step, a panel per NFE, a line per variant (mean over
-    seeds, the band from the best to the worst seed); the reference's final mean dashed."""
+    seeds, the band from the best to the worst seed); the reference's final mean dashed. A
+    variant worse than the noise itself is listed, not drawn (it would flatten the others)."""
     shared = [nfe for nfe in groups[0].nfes if all(nfe in g.nfes for g in groups)]
     panels = [nfe for nfe in shared if any(len(r.curves.get(nfe, [])) > 1 for g in groups for r in g.finished)]
     if not panels:
         return None
     plt = _pyplot()
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
-    everything = []
-    for axis, nfe in zip(axes[0], panels):
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.3), squeeze=False, layout="constrained")
+    ceiling = _ceiling(groups, metric_name, higher_is_better)
+    for panel, (axis, nfe) in enumerate(zip(axes[0], panels)):
+        drawn = []
         for index, group in enumerate(groups):
-            color = f"C{index % 10}"
-            curves = [dict(r.curves.get(nfe, [])) for r in group.finished]
+            color, label = f"C{index % 10}", _label(group, groups) if panel == 0 else None
             mean = mean_curve(group, nfe)
             if not mean:
                 continue
-            steps = [s for s, _ in mean]
-            per_seed = np.array([[c[s] for s in steps] for c in curves])
-            everything += list(per_seed.ravel())
-            axis.plot(steps, [v for _, v in mean], color=color, marker=".", label=_label(group, groups))
-            if len(curves) > 1:
+            steps, values = [s for s, _ in mean], [v for _, v in mean]
+            if _off_scale(values, ceiling):
+                axis.plot([], [], color=color, marker=".", linestyle=":",
+                          label=label and f"{label} (worse than noise: not drawn)")
+                continue
+            per_seed = np.array([[dict(r.curves[nfe])[s] for s in steps] for r in group.finished])
+            axis.plot(steps, values, color=color, marker=".", label=label)
+            if len(per_seed) > 1:
                 axis.fill_between(steps, per_seed.min(0), per_seed.max(0), color=color, alpha=0.15, linewidth=0)
+            drawn += list(per_seed.ravel())
         reference = next((g for g in groups if g.variant == study.reference), None)
         if reference is not None and reference.metric.get(nfe) is not None:
             axis.axhline(reference.metric[nfe].mean, color="0.4", linestyle="--", linewidth=1,
-                         label=f"{study.reference}, final")
+                         label=f"{study.reference}, final" if panel == 0 else None)
         axis.set_title(f"{nfe} NFE")
         axis.set_xlabel("training step")
         axis.set_ylabel(metric_name)
         axis.grid(alpha=0.3)
-    for axis in axes[0]:
-        if _wide(everything):
-            axis.set_yscale("log")
-    axes[0][-1].legend(fontsize=8)
-    figure.suptitle(f"{study.name}: {metric_name} during training (mean over seeds, band: best to worst seed)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+        _fit_view(axis, drawn)
+    return _finish(figure, path, f"{study.name}: {metric_name} during training (mean over seeds, band: best to "
+                                 f"worst seed)")
 
 
-def plot_nfe(study: Study, groups: Sequence[Group], path: Path, metric_name: str) -> Path:
+def plot_nfe(study: Study, groups: Sequence[Group], path: Path, metric_name: str,
+             higher_is_better: bool = False) -> Path:
     """The final metric against the number of network evaluations (mean ± std over seeds)."""
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(6, 4))
-    everything = []
+    figure, axis = plt.subplots(figsize=(6.5, 4.8), layout="constrained")
+    ceiling = _ceiling(groups, metric_name, higher_is_better)
+    drawn = []
     for index, group in enumerate(groups):
         points = [(nfe, s) for nfe, s in sorted(group.metric.items()) if s is not None]
         if not points:
             continue
-        everything += [s.mean for _, s in points]
+        color, label = f"C{index % 10}", _label(group, groups)
+        if _off_scale([s.mean for _, s in points], ceiling):
+            axis.plot([], [], color=color, marker="o", linestyle=":", label=f"{label} (worse than noise: not drawn)")
+            continue
+        drawn += [s.mean - s.std for _, s in points] + [s.mean + s.std for _, s in points]
         axis.errorbar([n for n, _ in points], [s.mean for _, s in points], yerr=[s.std for _, s in points],
-                      marker="o", capsize=3, color=f"C{index % 10}", label=_label(group, groups))
+                      marker="o", capsize=3, color=color, label=label)
     axis.set_xscale("log", base=2)
-    if _wide(everything):
-        axis.set_yscale("log")
+    ticks = sorted({nfe for g in groups for nfe in g.nfes})
+    axis.set_xticks(ticks, [str(n) for n in ticks])
+    axis.minorticks_off()
+    _fit_view(axis, drawn)
     axis.set_xlabel("network evaluations (NFE)")
     axis.set_ylabel(metric_name)
     axis.grid(alpha=0.3, which="both")
-    axis.legend(fontsize=8)
-    axis.set_title(f"{study.name}: {metric_name} after training (mean ± std over seeds)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _finish(figure, path, f"{study.name}: {metric_name} after training (mean ± std over seeds)")
 
 
 def plot_samples(study: Study, groups: Sequence[Group], path: Path, backend: str, registry) -> Path | None:
     """Samples of each variant (its first finished seed, the run's evaluation weights, the same
     noise for all) at the first ``study.picture_nfe`` NFE every variant was measured at."""
     from toolkit.checkpoint import list_checkpoints, load_checkpoint
-    from toolkit.evaluation import (as_images, checkpoint_engine, draw_samples, drawable, grid_size, make_sampler,
-                                    sampling_weights)
+    from toolkit.evaluation import (GRID_COLUMNS, as_images, checkpoint_engine, draw_samples, drawable, grid_size,
+                                    make_sampler, sampling_weights)
     from toolkit.plotting import image_grid
 
     shared = [nfe for nfe in groups[0].nfes if all(nfe in g.nfes for g in groups)]
@@ -304,7 +351,7 @@ def plot_samples(study: Study, groups: Sequence[Group], path: Path, backend: str
     if not drawable(dataset.spec, dataset):
         return None
     plt = _pyplot()
-    figure, axes = plt.subplots(len(rows), len(nfes), figsize=(2.9 * len(nfes), 3.0 * len(rows)), squeeze=False)
+    figure, axes = plt.subplots(len(rows), len(nfes), figsize=(2.2 * len(nfes), 3.2 * len(rows)), squeeze=False)
     for (group, result), row in zip(rows, axes):
         checkpoint = list_checkpoints(result.cell.out_dir / "checkpoints")[-1]
         arrays, metadata = load_checkpoint(checkpoint)
@@ -315,7 +362,10 @@ def plot_samples(study: Study, groups: Sequence[Group], path: Path, backend: str
                                        grid_size(spec), seed=0)
             pictures = as_images(samples, dataset)
             if pictures is not None and pictures.ndim == 4:
-                axis.imshow(image_grid(pictures, columns=10))
+                if spec.conditional:  # a row per class: its first few samples, so many panels stay small
+                    pictures = pictures.reshape(-1, GRID_COLUMNS, *pictures.shape[1:])[:, :SAMPLES_PER_CLASS]
+                    pictures = pictures.reshape(-1, *pictures.shape[2:])
+                axis.imshow(image_grid(pictures, columns=SAMPLES_PER_CLASS if spec.conditional else 8))
             else:
                 axis.scatter(samples[:, 0], samples[:, 1], s=2)
             axis.set_xticks([])
@@ -324,9 +374,9 @@ def plot_samples(study: Study, groups: Sequence[Group], path: Path, backend: str
         row[0].set_ylabel(_label(group, groups), fontsize=9)
         if hasattr(engine, "close"):
             engine.close()
-    figure.suptitle(f"{study.name}: samples (seed {rows[0][1].cell.seed} of each variant, the same noise)")
+    figure.suptitle(f"{study.name}: samples\n(seed {rows[0][1].cell.seed} of each, the same noise)", fontsize=9)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=90)
     plt.close(figure)
     return path
 
@@ -347,15 +397,16 @@ def write_report(study: Study, cells: Sequence[Cell], out_root: Path, backend: s
         f"one after another) {hours * 60:.1f} min.")
     metric_name = cells[0].config.eval.metric.name
     metric_class = registry.load("metric", metric_name, backend)
-    groups = summarise(study, results, bool(getattr(metric_class, "higher_is_better", False)))
+    higher_is_better = bool(getattr(metric_class, "higher_is_better", False))
+    groups = summarise(study, results, higher_is_better)
     out_root.mkdir(parents=True, exist_ok=True)
     write_csv(results, out_root / "results.csv")
     pictures, notes = [], []
     if any(g.finished for g in groups):
-        curves = plot_curves(study, groups, out_root / "curves.png", metric_name)
+        curves = plot_curves(study, groups, out_root / "curves.png", metric_name, higher_is_better)
         if curves is None:
             notes.append("No curve against the step: the cells measured only at the end (set eval.every).\n")
-        pictures = [p for p in (curves, plot_nfe(study, groups, out_root / "nfe.png", metric_name),
+        pictures = [p for p in (curves, plot_nfe(study, groups, out_root / "nfe.png", metric_name, higher_is_better),
                                 plot_samples(study, groups, out_root / "samples.png", backend, registry)) if p]
     write_markdown(study, groups, out_root / "results.md", metric_name, header, pictures, notes)
     summary = {"study": study.name, "backend": backend, "metric": metric_name, "groups": [
