@@ -217,6 +217,11 @@ def checkpoint_path(directory: Path, step: int) -> Path:
     return directory / f"step_{step:08d}.safetensors"
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step of a checkpoint named by :func:`checkpoint_path` (without opening it)."""
+    return int(Path(path).stem.split("_")[1])
+
+
 _CHECKPOINT_NAME = re.compile(r"^step_\d{8}\.safetensors$")
 
 

@@ -277,7 +277,8 @@ def nfe_key(metric_name: str, nfe: int) -> str:
 def evaluate_nfes(config: Config, backend: str, registry, engine, dataset, step: int, metric,
                   known: dict[int, float] | None = None) -> dict[str, float]:
     """``eval.metric`` at each of :func:`evaluation_nfes` without anchors, as
-    ``{nfe_key(name, nfe): value}``; ``known`` values (by nfe) are not measured again."""
+    ``{nfe_key(name, nfe): value}``, and under ``name`` itself the value at the sampler's own
+    NFE; ``known`` values (by nfe) are not measured again."""
     if config.eval.metric is None:
         return {}
     name, known = config.eval.metric.name, known or {}
@@ -287,4 +288,6 @@ def evaluate_nfes(config: Config, backend: str, registry, engine, dataset, step:
             known[nfe] = evaluate(config, backend, registry, engine, dataset, step, nfe=nfe, metric=metric,
                                   anchors=False)[0][name]
         values[nfe_key(name, nfe)] = known[nfe]
+    if sampler_nfe(config) is not None:
+        values[name] = known[sampler_nfe(config)]
     return values

@@ -55,21 +55,15 @@ class EventLog:
 
 def read_scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar logged in ``directory``'s event files, ``{tag: [(step, value), ...]}`` by step,
-    as TensorBoard would show it: the files are read in the order they were written, and a resumed
-    run's restart marker (see ``purge_step``) drops what the killed run logged from that step on."""
-    import struct
+    as TensorBoard would show it: the files are read in the order they were begun (the wall time
+    of their first event), and a resumed run's restart marker (see ``purge_step``) drops what the
+    killed run logged from that step on."""
+    from tensorboardX.proto.event_pb2 import SessionLog
 
-    from tensorboardX.proto.event_pb2 import Event, SessionLog
-
+    files = [_events(path) for path in Path(directory).glob("events.out.tfevents.*")]
     scalars: dict[str, dict[int, float]] = {}
-    for path in sorted(Path(directory).glob("events.out.tfevents.*"), key=_first_wall_time):
-        data, offset = path.read_bytes(), 0
-        while offset + 12 <= len(data):  # a record: length (u64), its crc, the bytes, their crc
-            (length,) = struct.unpack_from("<Q", data, offset)
-            if offset + 16 + length > len(data):
-                break  # a record cut short by a kill
-            event = Event.FromString(data[offset + 12:offset + 12 + length])
-            offset += 16 + length
+    for events in sorted(files, key=lambda events: events[0].wall_time if events else float("inf")):
+        for event in events:
             if event.HasField("session_log") and event.session_log.status == SessionLog.START:
                 for values in scalars.values():
                     for step in [s for s in values if s >= event.step]:
@@ -80,17 +74,18 @@ def read_scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: sorted(values.items()) for tag, values in scalars.items()}
 
 
-def _first_wall_time(path: Path) -> float:
-    """When the file was begun: the wall time of its first event (its header)."""
+def _events(path: Path) -> list:
+    """The events of one file: records of length (u64), its crc, the bytes, their crc; a record
+    cut short by a kill ends the file."""
     import struct
 
     from tensorboardX.proto.event_pb2 import Event
 
-    data = path.read_bytes()[:4096]
-    if len(data) < 12:
-        return float("inf")
-    (length,) = struct.unpack_from("<Q", data, 0)
-    try:
-        return Event.FromString(data[12:12 + length]).wall_time
-    except Exception:  # a damaged header: after every readable file
-        return float("inf")
+    data, offset, events = path.read_bytes(), 0, []
+    while offset + 12 <= len(data):
+        (length,) = struct.unpack_from("<Q", data, offset)
+        if offset + 16 + length > len(data):
+            break
+        events.append(Event.FromString(data[offset + 12:offset + 12 + length]))
+        offset += 16 + length
+    return events

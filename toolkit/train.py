@@ -28,8 +28,8 @@ from toolkit.checkpoint import (checkpoint_metadata, checkpoint_path, latest_che
 from toolkit.config import Config, OptimizerSection, ema_decay, to_dict
 from toolkit.errors import DivergenceError, UsageError
 from toolkit.evaluation import (as_images, draw_samples, drawable, evaluate, evaluate_nfes, evaluation_nfes,
-                                grid_size, make_sampler, nfe_key, picturable, prepared_metric, sampler_nfe,
-                                samples_picture, sampling_weights)
+                                grid_size, make_sampler, picturable, prepared_metric, samples_picture,
+                                sampling_weights)
 from toolkit.events import EventLog
 from toolkit.interfaces import DataSpec
 
@@ -181,8 +181,6 @@ def train(config: Config, backend: str, registry, out_dir: Path | None = None,
                 last_time, last_step, loss = now, step, float(values["loss"])
             if main and metric is not None and config.eval.every and step % config.eval.every == 0 and step < steps:
                 measured = evaluate_nfes(config, backend, registry, engine, dataset, step, metric)
-                if sampler_nfe(config) is not None:  # the metric's own tag, at the sampler's NFE
-                    measured[config.eval.metric.name] = measured[nfe_key(config.eval.metric.name, sampler_nfe(config))]
                 log.scalars(measured, step, prefix="eval/")
                 logged.update({f"eval/{key}": value for key, value in measured.items()})
                 last_time = time.perf_counter()  # the rate is of training, not of measuring
@@ -203,10 +201,10 @@ def train(config: Config, backend: str, registry, out_dir: Path | None = None,
         if name:
             results.update(evaluate_nfes(config, backend, registry, engine, dataset, steps, metric,
                                          known={results["nfe"]: results[name]}))
-            log.scalars({key: value for key, value in results.items() if key.startswith(name)}, steps,
-                        prefix="eval/")
+            measured = {key: value for key, value in results.items() if key.startswith(name)}
+            log.scalars(measured, steps, prefix="eval/")
             if on_log is not None:
-                on_log(steps, {f"eval/{key}": value for key, value in results.items() if key.startswith(name)})
+                on_log(steps, {f"eval/{key}": value for key, value in measured.items()})
         ran = steps - start
         results.update({"loss": loss, "seconds_per_step": train_seconds / ran if ran else None,
                         "wall_seconds": time.perf_counter() - began})

@@ -55,6 +55,10 @@ class Spread:
     def __str__(self) -> str:
         return f"{self.mean:.3g} ± {self.std:.2g}" if self.n > 1 else f"{self.mean:.3g}"
 
+    def times(self, factor: float) -> Spread:
+        """The same spread in other units (seconds -> milliseconds)."""
+        return Spread(self.mean * factor, self.std * factor, self.n)
+
 
 @attrs.frozen
 class Group:
@@ -68,8 +72,7 @@ class Group:
     metric: dict
     seconds_per_step: Spread | None
     #: the first measured step at which the mean over seeds is as good as the reference's final
-    #: mean, or within ``Study.tolerance`` of it
-    #: mean (None: never; absent without a reference)
+    #: mean, or within ``Study.tolerance`` of it (None: never, or no reference)
     reached_at: int | None = None
 
     @property
@@ -175,9 +178,7 @@ def markdown_table(study: Study, groups: Sequence[Group], metric_name: str) -> s
         header += [f"steps to reach {study.reference}'s final {metric_name}{within}"]
     rows = [header, ["---"] * len(header)]
     for g in groups:
-        speed = (f"{1e3 * g.seconds_per_step.mean:.3g} ± {1e3 * g.seconds_per_step.std:.2g}"
-                 if g.seconds_per_step and g.seconds_per_step.n > 1
-                 else f"{1e3 * g.seconds_per_step.mean:.3g}" if g.seconds_per_step else "")
+        speed = str(g.seconds_per_step.times(1e3)) if g.seconds_per_step else ""
         row = ([g.variant] + ([str(g.steps)] if lengths else []) + [f"{len(g.finished)}/{len(g.results)}"]
                + [str(g.metric[nfe]) if g.metric.get(nfe) else "" for nfe in nfes] + [speed])
         if study.reference is not None:

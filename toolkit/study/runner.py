@@ -17,7 +17,7 @@ from typing import Sequence
 
 import attrs
 
-from toolkit.checkpoint import config_differences, list_checkpoints, load_checkpoint
+from toolkit.checkpoint import checkpoint_step, config_differences, list_checkpoints
 from toolkit.errors import UsageError
 from toolkit.study.grid import Cell
 
@@ -28,7 +28,6 @@ FAILED = "failed.txt"
 class CellOutcome:
     cell: Cell
     status: str  # "finished" (this time), "done" (before), "failed"
-    seconds: float = 0.0
     error: str | None = None
 
 
@@ -42,7 +41,7 @@ def cell_state(cell: Cell) -> tuple[str, int]:
         return "done", cell.steps
     found = list_checkpoints(cell.out_dir / "checkpoints")
     if found and stored is not None:
-        return "resume", int(load_checkpoint(found[-1])[1].get("step", 0))
+        return "resume", checkpoint_step(found[-1])
     return "new", 0
 
 
@@ -72,31 +71,23 @@ def run_cells(cells: Sequence[Cell], backend: str, registry, progress: bool = Tr
                 continue
             (cell.out_dir / FAILED).unlink(missing_ok=True)
             bar.start(cell, index, done)
-            began = time.perf_counter()
             try:
-                train(cell.config, backend, registry, out_dir=cell.out_dir, progress=False,
+                results = train(cell.config, backend, registry, out_dir=cell.out_dir, progress=False,
                       overwrite=state != "resume", resume=state == "resume", on_log=bar.on_log)
             except Exception as error:  # one failed cell (say, a diverging ablation) must not stop the grid
                 message = f"{type(error).__name__}: {error}"
                 cell.out_dir.mkdir(parents=True, exist_ok=True)
                 (cell.out_dir / FAILED).write_text(message + "\n")
-                outcomes.append(CellOutcome(cell, "failed", time.perf_counter() - began, message))
+                outcomes.append(CellOutcome(cell, "failed", message))
                 bar.finish(cell, None, message)
             else:
-                outcomes.append(CellOutcome(cell, "finished", time.perf_counter() - began))
-                bar.finish(cell, _final_metric(cell), None)
+                outcomes.append(CellOutcome(cell, "finished"))
+                name = cell.config.eval.metric.name
+                bar.finish(cell, f"{name} {results[name]:.4g}", None)
             _release_compiled_programs()
     finally:
         bar.close()
     return outcomes
-
-
-def _final_metric(cell: Cell) -> str:
-    import json
-
-    name = cell.config.eval.metric.name
-    value = json.loads((cell.out_dir / "metrics.json").read_text()).get(name)
-    return f"{name} {value:.4g}" if isinstance(value, (int, float)) else ""
 
 
 def _release_compiled_programs() -> None:
