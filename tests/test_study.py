@@ -221,6 +221,66 @@ def test_bad_study_files_name_the_file_and_key(tmp_path, digits_file, capsys, ch
     assert not (tmp_path / "out").exists()  # nothing ran
 
 
+@pytest.mark.parametrize("study", sorted(p.name for p in STUDIES.glob("*.yaml")))
+def test_every_shipped_study_validates(backend, study):
+    """Each cell's config of each shipped study, in each backend, before anything trains."""
+    from toolkit.registry import get_registry
+    from toolkit.study import load_study, study_cells
+
+    registry = get_registry()
+    spec = load_study(STUDIES / study, registry)
+    cells = study_cells(spec, STUDIES / study, backend, registry, REPO / "runs" / "unused")
+    assert len(cells) == len(spec.variants) * len(spec.seeds) * max(1, len(spec.steps)) and len(spec.seeds) >= 3
+    assert {c.config.eval.metric.name for c in cells} == {"classifier_fd"}
+    assert all({1, 2, 4} <= set(c.config.eval.nfe) for c in cells)
+
+
+def test_a_study_extends_another(tmp_path, digits_file):
+    """Inherited keys, the parent's config path resolved from the parent's folder, and the keys
+    the child gives replacing the parent's whole."""
+    from toolkit.registry import get_registry
+    from toolkit.study import load_study, study_cells
+
+    registry = get_registry()
+    parent = _study_file(tmp_path, digits_file, config="../meanflow_digits.yaml")  # as shipped: relative
+    (tmp_path / "meanflow_digits.yaml").write_text((CONFIGS / "meanflow_digits.yaml").read_text())
+    (tmp_path / "parent").mkdir()
+    parent = parent.rename(tmp_path / "parent" / "study.yaml")
+    child = tmp_path / "elsewhere" / "deeper" / "child.yaml"
+    child.parent.mkdir(parents=True)
+    child.write_text(yaml.safe_dump({"extends": "../../parent/study.yaml", "name": "child", "seeds": [3, 4],
+                                     "set": {"data.path": str(digits_file), "model.hidden": 32}}))
+    spec = load_study(child, registry)
+    assert (spec.name, spec.seeds, spec.reference, list(spec.variants)) == ("child", (3, 4), "baseline",
+                                                                           ["baseline", "curriculum"])
+    assert (child.parent / spec.config).resolve() == (tmp_path / "meanflow_digits.yaml").resolve()
+    cells = study_cells(spec, child, "torch", registry, tmp_path / "out")
+    assert [(c.variant, c.seed) for c in cells] == [("baseline", 3), ("baseline", 4), ("curriculum", 3),
+                                                    ("curriculum", 4)]
+    # the child's set replaced the parent's whole: the parent's eval.every is not inherited
+    assert {c.config.model.options.hidden for c in cells} == {32} and {c.config.eval.every for c in cells} == {None}
+
+
+@pytest.mark.parametrize("extends, message", [
+    ("missing.yaml", "child.yaml: extends: 'missing.yaml' is not a file"),
+    ("child.yaml", "child.yaml: extends: studies extend each other in a circle"),
+    (7, "child.yaml: extends: got 7, expected the path of a study file"),
+])
+def test_bad_extends_names_the_file_and_key(tmp_path, capsys, extends, message):
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump({"extends": extends, "name": "child"}))
+    assert main(["study", str(tmp_path / "child.yaml"), "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_studies_extending_in_a_circle_name_the_chain(tmp_path, capsys):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\nname: a\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\nname: b\n")
+    assert main(["study", str(tmp_path / "a.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "b.yaml: extends: studies extend each other in a circle: " in err and err.count("a.yaml") >= 2
+
+
 def test_unknown_variant_and_seeds_options(tmp_path, digits_file, capsys):
     path = _study_file(tmp_path, digits_file)
     assert main(["study", str(path), "--variants", "baseline,nope"]) == 2

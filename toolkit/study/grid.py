@@ -12,6 +12,10 @@ dotted keys, like ``--set``), seeds and training lengths::
       flow_matching: {objective: {name: flow_matching}, sampler: {name: euler}}
     seeds: [0, 1, 2]
 
+A study can repeat another on other data or settings: ``extends: meanflow_vs_fm.yaml`` (relative
+to this file) takes that study's keys, and every key this file gives replaces the inherited one
+whole (``config``, ``set``, ``variants``, ...).
+
 Every cell of variants x training lengths x seeds is an ordinary run directory, validated like
 any run file before anything trains; errors name the study file and the key that set a value.
 """
@@ -19,6 +23,7 @@ any run file before anything trains; errors name the study file and the key that
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -108,8 +113,32 @@ class Cell:
 def load_study(path: str | Path, registry=None) -> Study:
     """Read and validate a study file (its cells' configs: :func:`study_cells`)."""
     path = Path(path)
-    study = config_from_dict(read_yaml(path, "study file"), str(path), registry=registry, cls=Study)
+    study = config_from_dict(_study_data(path, ()), str(path), registry=registry, cls=Study)
     return attrs.evolve(study, variants={name: dict(settings or {}) for name, settings in study.variants.items()})
+
+
+def _study_data(path: Path, extending: tuple[Path, ...]) -> dict:
+    """The keys of the study file at ``path`` with those of the studies it ``extends``; an
+    inherited ``config`` is rewritten relative to ``path``."""
+    data = read_yaml(path, "study file")
+    if not isinstance(data, Mapping):
+        raise ConfigError(str(path), "", f"expected a mapping of study keys, got {type(data).__name__}")
+    data = dict(data)
+    parent_name = data.pop("extends", None)
+    if parent_name is None:
+        return data
+    if not isinstance(parent_name, str) or not parent_name:
+        raise ConfigError(str(path), "extends", f"got {parent_name!r}, expected the path of a study file")
+    parent_path = (path.parent / parent_name).resolve()
+    if parent_path == path.resolve() or parent_path in extending:
+        chain = " -> ".join(str(p) for p in (*extending, path.resolve(), parent_path))
+        raise ConfigError(str(path), "extends", f"studies extend each other in a circle: {chain}")
+    if not parent_path.is_file():
+        raise ConfigError(str(path), "extends", f"{parent_name!r} is not a file (looked for {parent_path})")
+    inherited = _study_data(parent_path, (*extending, path.resolve()))
+    if "config" in inherited and "config" not in data and isinstance(inherited["config"], str):
+        inherited["config"] = os.path.relpath(parent_path.parent / inherited["config"], path.parent)
+    return {**inherited, **data}
 
 
 def study_cells(study: Study, study_path: str | Path, backend: str, registry, out_root: Path,
