@@ -130,12 +130,13 @@ def _study_data(path: Path, extending: tuple[Path, ...]) -> dict:
     if not isinstance(parent_name, str) or not parent_name:
         raise ConfigError(str(path), "extends", f"got {parent_name!r}, expected the path of a study file")
     parent_path = (path.parent / parent_name).resolve()
-    if parent_path == path.resolve() or parent_path in extending:
-        chain = " -> ".join(str(p) for p in (*extending, path.resolve(), parent_path))
+    visited = (*extending, path.resolve())
+    if parent_path in visited:
+        chain = " -> ".join(str(p) for p in (*visited, parent_path))
         raise ConfigError(str(path), "extends", f"studies extend each other in a circle: {chain}")
     if not parent_path.is_file():
         raise ConfigError(str(path), "extends", f"{parent_name!r} is not a file (looked for {parent_path})")
-    inherited = _study_data(parent_path, (*extending, path.resolve()))
+    inherited = _study_data(parent_path, visited)
     if "config" in inherited and "config" not in data and isinstance(inherited["config"], str):
         inherited["config"] = os.path.relpath(parent_path.parent / inherited["config"], path.parent)
     return {**inherited, **data}
