@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import shutil
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -14,7 +17,34 @@ from toolkit.registry import Registry, reset_registry
 REPO = Path(__file__).resolve().parents[1]
 
 # The ``backend`` fixture (every test that takes it runs once per registered backend, and fails
-# when a framework is missing) comes from the toolkit's own pytest plugin, toolkit/testing.py.
+# when a framework is missing) and ComponentChecks come from the toolkit's pytest plugin, which a
+# project turns on for itself, as this suite does:
+pytest_plugins = ["toolkit.testing"]
+
+XLA_CACHE = pytest.StashKey[Path]()
+
+
+def pytest_configure(config):
+    """XLA programs go to a compilation cache on disk for the length of the run, so a program
+    compiled by one test (the same config's step, the same eager operation on the same shape) is
+    read back instead of compiled again by the next: engines are rebuilt in almost every test,
+    and compilation is most of JAX's time here (a float32 parity run of a paper config: 51 s
+    with an empty cache, 28 s with the programs of an earlier one). Every program is kept,
+    however fast it compiled. Set before anything compiles (JAX decides once per process whether
+    it has a cache); the key covers the XLA flags, so a process on other flags (the
+    instruction-set run of the parity tests) compiles its own."""
+    if importlib.util.find_spec("jax") is None:
+        return
+    import jax
+
+    config.stash[XLA_CACHE] = Path(tempfile.mkdtemp(prefix="toolkit-tests-xla-cache-"))
+    jax.config.update("jax_compilation_cache_dir", str(config.stash[XLA_CACHE]))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def pytest_unconfigure(config):
+    if XLA_CACHE in config.stash:
+        shutil.rmtree(config.stash[XLA_CACHE], ignore_errors=True)
 
 
 @pytest.fixture(autouse=True, scope="module")

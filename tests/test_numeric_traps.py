@@ -15,6 +15,7 @@ import torch
 
 from tests_paths import CONFIGS
 from toolkit.config import load_config
+from toolkit.interfaces import Batch
 from toolkit.parity import compare
 from toolkit.registry import get_registry
 
@@ -88,10 +89,44 @@ def test_adamw_weight_decay_defaults_differ_and_the_config_sets_every_one():
 
 
 def test_matmul_precision_is_set_by_the_run_not_inherited():
-    for precision in ("high", "highest"):
-        engines("fm_toy2d.yaml", f"run.matmul_precision={precision}")
-        assert torch.get_float32_matmul_precision() == precision
-        assert jax.config.jax_default_matmul_precision == precision
+    """Each engine computes with its run's precision, whatever the process had, and leaves the
+    process's own setting as it was."""
+    for precision, elsewhere in (("high", "highest"), ("highest", "high")):
+        torch.set_float32_matmul_precision(elsewhere)
+        with jax.default_matmul_precision(elsewhere):
+            _, (torch_engine, jax_engine) = engines("fm_toy2d.yaml", f"run.matmul_precision={precision}")
+            seen = []
+            torch_engine.model.register_forward_pre_hook(lambda *_: seen.append(torch.get_float32_matmul_precision()))
+            x = np.zeros((2, 2))
+            torch_engine.predict(x, np.ones(2), np.zeros(2))
+            assert seen == [precision] and torch.get_float32_matmul_precision() == elsewhere
+            with jax_engine.numerics():
+                assert jax.config.jax_default_matmul_precision == precision
+            jax_engine.predict(x, np.ones(2), np.zeros(2))
+            assert jax.config.jax_default_matmul_precision == elsewhere
+    torch.set_float32_matmul_precision("highest")
+
+
+def test_an_engine_leaves_the_process_as_it_found_it():
+    """A float64 run switches JAX's x64 on for its own calls only, and drawing its initial weights
+    from the run's seed does not reseed torch's global generator: one test's engine cannot
+    change the dtype or the random numbers of the next."""
+    rng_before = torch.get_rng_state()
+    config, (torch_engine, jax_engine) = engines("fm_toy2d.yaml", "run.dtype=float64", "run.seed=3")
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert not jax.config.jax_enable_x64 and jnp.asarray(np.ones(2)).dtype == jnp.float32
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 2))
+    for engine in (torch_engine, jax_engine):
+        assert engine.predict(x, np.full(4, 0.5), np.zeros(4)).dtype == np.float64
+        engine.train_step(Batch(x), config.objective.options.draw(rng, 4, 0, engine.spec), 1e-3, noise=x)
+    assert not jax.config.jax_enable_x64 and jnp.asarray(np.ones(2)).dtype == jnp.float32
+    # and the run's seed alone decides the initial weights, whatever the global generator holds
+    weights = []
+    for global_seed in (123, 456):
+        torch.manual_seed(global_seed)
+        weights.append(engines("fm_toy2d.yaml", "run.dtype=float64", "run.seed=3")[1][0].state_arrays())
+    assert all(np.array_equal(weights[0][k], v) for k, v in weights[1].items())
 
 
 def test_weights_are_copied_never_redrawn_from_seeds():

@@ -12,6 +12,9 @@ import pytest
 
 from toolkit.cli import main
 
+#: pytest in a subprocess, its temporary folders inside this test's own (removed when it passes)
+PYTEST = ("-q", "-p", "no:cacheprovider")
+
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
@@ -35,11 +38,12 @@ def run(args, site, cwd):
 def test_the_rendered_package_installs_registers_and_passes_its_tests(rendered):
     files = sorted(p.relative_to(rendered / "pkg").as_posix() for p in (rendered / "pkg").rglob("*") if p.is_file())
     assert files == ["pyproject.toml", "scaled_fm/__init__.py", "scaled_fm/jax_impl.py", "scaled_fm/plugin.py",
-                     "scaled_fm/torch_impl.py", "tests/test_scaled_fm.py"]
+                     "scaled_fm/torch_impl.py", "tests/conftest.py", "tests/test_scaled_fm.py"]
     install(rendered / "pkg", rendered / "site")
     listed = run(["-m", "toolkit.cli", "plugins"], rendered / "site", rendered)
     assert listed.returncode == 0 and "scaled_fm" in listed.stdout and "toolkit-scaled-fm" in listed.stdout
-    tests = run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "pkg/tests"], rendered / "site", rendered)
+    tests = run(["-m", "pytest", *PYTEST, f"--basetemp={rendered / 'basetemp'}", "pkg/tests"], rendered / "site",
+                rendered)
     assert tests.returncode == 0, tests.stdout[-3000:]
     assert "failed" not in tests.stdout and " passed" in tests.stdout
 
@@ -54,7 +58,8 @@ def test_its_tests_catch_a_wrong_jax_half(rendered, tmp_path):
     assert "return self.options.scale * mse" in source
     jax_half.write_text(source.replace("return self.options.scale * mse", "return 1.0001 * self.options.scale * mse"))
     install(package, tmp_path / "site")
-    tests = run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "pkg/tests"], tmp_path / "site", tmp_path)
+    tests = run(["-m", "pytest", *PYTEST, f"--basetemp={tmp_path / 'basetemp'}", "pkg/tests"], tmp_path / "site",
+                tmp_path)
     assert tests.returncode == 1
     assert "test_parity_float64" in tests.stdout and "objective scaled_fm" in tests.stdout
 

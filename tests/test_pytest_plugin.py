@@ -34,6 +34,7 @@ PLUGIN = """
                            "jax": JAX_IMPLEMENTATION}, options=FlowMatchingOptions,
                  examples=[{"objective": {"label_dropout": 0.5}}])
 """
+OPT_IN = 'pytest_plugins = ["toolkit.testing"]\n'
 TEST_MODULE = """
 from toolkit.testing import ComponentChecks
 
@@ -52,9 +53,15 @@ def run_plugin_tests(install_plugin, tmp_path, jax_implementation: str) -> subpr
     tests = tmp_path / "plugin_tests"
     tests.mkdir(exist_ok=True)
     (tests / "test_my_fm.py").write_text(textwrap.dedent(TEST_MODULE))
-    env = {**os.environ, "PYTHONPATH": str(site)}
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    (tests / "conftest.py").write_text(OPT_IN)
+    return pytest_in(tmp_path, {"PYTHONPATH": str(site)}, tests)
+
+
+def pytest_in(folder, env=None, *args) -> subprocess.CompletedProcess:
+    """pytest in a subprocess from ``folder``, its own temporary folders inside ``folder``."""
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           f"--basetemp={folder / 'basetemp'}", *map(str, args)],
+                          cwd=folder, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600)
 
 
 def test_a_plugin_package_gets_the_shared_checks_with_one_line(install_plugin, tmp_path):
@@ -69,14 +76,35 @@ def test_the_shared_checks_catch_a_wrong_jax_implementation(install_plugin, tmp_
     result = run_plugin_tests(install_plugin, tmp_path, "WrongJaxFlowMatching")
     assert result.returncode == 1
     assert "FAILED plugin_tests/test_my_fm.py::TestMyPlugin::test_parity_float64[objective-my_fm-1]" in result.stdout
-    assert "objective my_fm: loss (max rel 1.00e-04 > 1e-10)" in result.stdout
+    assert "objective my_fm: loss (differs by 1.00e-04 relative; tolerance 1.0e-10)" in result.stdout
     assert "6 passed" in result.stdout  # the backend's own behaviour is fine; only the comparison fails
 
 
 def test_selecting_nothing_is_an_error_not_an_empty_pass(tmp_path):
+    (tmp_path / "conftest.py").write_text(OPT_IN)
     (tmp_path / "test_empty.py").write_text("from toolkit.testing import ComponentChecks\n\n\n"
                                             "class TestNothing(ComponentChecks):\n    distribution = 'not-installed'\n")
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = pytest_in(tmp_path, None, tmp_path / "test_empty.py")
     assert result.returncode != 0
     assert "TestNothing selects no components" in result.stdout + result.stderr
+
+
+def test_a_project_that_did_not_ask_for_the_plugin_is_left_alone(tmp_path):
+    """Another project installed beside the toolkit, with a ``backend`` fixture of its own: its
+    test runs once, with its own fixture; nothing of the toolkit's is loaded."""
+    (tmp_path / "conftest.py").write_text("import pytest\n\n\n@pytest.fixture\ndef backend():\n    return 'mine'\n")
+    (tmp_path / "test_other.py").write_text("import sys\n\n\ndef test_own_fixture(backend):\n"
+                                            "    assert backend == 'mine'\n"
+                                            "    assert 'toolkit.testing' not in sys.modules\n")
+    result = pytest_in(tmp_path, None, tmp_path / "test_other.py")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout  # once, not once per backend
+
+
+def test_the_shared_checks_without_the_plugin_say_how_to_turn_it_on(tmp_path):
+    (tmp_path / "test_checks.py").write_text("from toolkit.testing import ComponentChecks\n\n\n"
+                                             "class TestMine(ComponentChecks):\n    components = ['sampler euler']\n")
+    result = pytest_in(tmp_path, None, tmp_path / "test_checks.py")
+    assert result.returncode != 0
+    assert ('TestMine needs the toolkit\'s pytest plugin: add pytest_plugins = ["toolkit.testing"] to the '
+            'conftest.py at the top of your tests') in result.stdout + result.stderr

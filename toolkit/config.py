@@ -145,7 +145,9 @@ class LoggingSection:
 
 @attrs.frozen
 class CheckpointSection:
-    every: int = attrs.field(default=1000, validator=positive)
+    #: steps between checkpoints, and one at the last step; null: none at all (a throw-away run,
+    #: which cannot be resumed)
+    every: int | None = attrs.field(default=1000, validator=positive)
     keep: int = attrs.field(default=3, validator=positive)
 
 

@@ -20,6 +20,7 @@ an instance of the attrs class it registered (or None). Classes here are
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import attrs
@@ -199,6 +200,10 @@ class Engine(Protocol):
 
     The training loop itself (:mod:`toolkit.train`) is backend-agnostic and drives an
     engine through these calls, so logging, checkpoints and evaluation are written once.
+
+    An engine leaves process-wide framework state as it found it: its dtype, matrix-product
+    precision and seed apply for the duration of each of its calls (:func:`in_numerics`), so
+    engines of different dtypes live side by side in one process (the parity harness, tests).
     """
 
     def train_step(self, batch: Batch, draws: Mapping[str, np.ndarray], lr: float,
@@ -263,3 +268,16 @@ class Engine(Protocol):
     #   data_parallel: dict    -- recorded in run.json: "processes", "devices", "per_device_batch"
     #   close() -> None        -- called on every process when training ends (leave a process group)
     # ``run.batch_size`` is always the global batch, and every process is given all of it.
+
+
+def in_numerics(method):
+    """Run an engine method inside ``self.numerics()``: the context manager that sets the
+    framework's process-wide numerical state (dtype switches, matrix-product precision) to the
+    engine's and restores what was there before. Every public method of an engine wears it."""
+
+    @functools.wraps(method)
+    def scoped(self, *args, **kwargs):
+        with self.numerics():
+            return method(self, *args, **kwargs)
+
+    return scoped

@@ -4,17 +4,29 @@ Two engines are built from one config, the reference's weights are copied into t
 name, and both are fed identical NumPy inputs (fixed seed): the backbone output (with labels
 and unconditional), the JVP along (v, 1, 0), the objective's loss and logged parts, the
 gradient of every parameter, every weight after one optimiser step, and the sampler's
-output. Each quantity is compared leaf by leaf; a failing row names its leaf. The harness
+output. Each quantity is compared entry by entry; a failing row names its leaf. The harness
 only talks to engines (:class:`toolkit.interfaces.Engine`), so any pair of backends works.
 
-Default tolerances (relative to the largest magnitude of the reference): float64 1e-10,
-float32 1e-5, with the overrides in :data:`OVERRIDES`, each with its reason.
+What counts as agreement:
+
+* **float64**: the difference, relative to the reference's largest magnitude, is at most
+  :data:`FLOAT64_TOLERANCE`. The weights after AdamW's first step are compared net of what the
+  gradients' own difference explains (:func:`adam_first_step_difference`).
+* **float32**: the tolerance is derived, not tuned. Each backend also runs the same inputs,
+  from the same weights, in float64; ``|a32 - a64|`` is then that backend's own float32
+  rounding error, entry by entry. By the triangle inequality
+  ``|a32 - b32| <= |a32 - a64| + |b32 - b64| + |a64 - b64|``, and the float64 check holds
+  the last term to 1e-10 of the scale, so two correct implementations can never differ by more
+  than their own rounding errors plus one float32 epsilon of the quantity's scale. That is the
+  check, on any CPU, BLAS or instruction set; what exceeds it is a difference that float32
+  rounding cannot explain (a 1e-4 error in a loss, a 1% learning rate are far outside it).
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Iterator, Mapping
+import gc
+from typing import Mapping
 
 import attrs
 import numpy as np
@@ -23,40 +35,65 @@ from toolkit.config import Config, config_from_dict, to_dict
 from toolkit.interfaces import Batch
 from toolkit.train import CALIBRATION_DRAWS, data_spec
 
-TOLERANCES = {"float64": 1e-10, "float32": 1e-5}
-#: (component, dtype) -> (tolerance, why). None at present: the one quantity that needed a
-#: looser tolerance, the weights after AdamW's first step, is now compared net of what the
-#: gradients' own difference explains (:func:`adam_first_step_difference`).
-OVERRIDES: dict[tuple[str, str], tuple[float, str]] = {}
+#: float64: relative to the reference's largest magnitude. float64 rounding of these small
+#: computations stays below 1e-14 (the worst measured over `parity --all` is 8.5e-16), so this
+#: leaves four orders of magnitude and still catches any real difference.
+FLOAT64_TOLERANCE = 1e-10
+#: float32: what exceeds both backends' own rounding errors may be at most one float32
+#: epsilon of the quantity's scale (it covers the float64 disagreement, itself below 1e-10).
+FLOAT32_FLOOR = float(np.finfo(np.float32).eps)
+DTYPES = ("float64", "float32")
+
+Quantities = dict[tuple[str, str], np.ndarray]
+#: a quantity one engine did not produce: compared, it differs from anything in size
+MISSING = np.full(0, np.nan)
 
 
 @attrs.frozen
 class ParityRow:
+    """One compared quantity. ``max_rel`` is the largest difference relative to the reference's
+    largest magnitude; ``rounding`` the largest part of it that rounding explains (float32: the
+    two backends' own errors against float64; the first AdamW step: the gradients'
+    difference); ``excess`` the largest relative difference beyond that, which passes when it
+    is at most ``tol``."""
+
     component: str
     quantity: str
     max_abs: float
     max_rel: float
+    rounding: float
+    excess: float
     tol: float
     ok: bool
 
     def as_dict(self) -> dict:
         return attrs.asdict(self)
 
+    def describe(self) -> str:
+        beyond = f", {self.excess:.2e} beyond rounding" if self.rounding else ""
+        return (f"{self.component}: {self.quantity} (differs by {self.max_rel:.2e} relative{beyond}; "
+                f"tolerance {self.tol:.1e})")
 
-def compare(reference: np.ndarray, other: np.ndarray, explained: np.ndarray | None = None) -> tuple[float, float]:
-    """(max abs error, max unexplained error / max |reference|), the unexplained error being the
-    part of each entry's error beyond ``explained`` (the whole error without it)."""
-    reference, other = np.asarray(reference, np.float64), np.asarray(other, np.float64)
+
+def compare(reference, other, explained=None) -> tuple[float, float, float, float]:
+    """(max abs difference, max relative difference, max relative ``explained``, max relative
+    difference beyond ``explained``), relative to the largest magnitude of ``reference``.
+    ``explained`` is an allowance per entry, or one for all (none without it). Sizes that
+    differ, or a NaN anywhere, compare as infinitely apart."""
+    reference, other = np.asarray(reference, np.float64).reshape(-1), np.asarray(other, np.float64).reshape(-1)
     if reference.size != other.size:
-        return float("inf"), float("inf")
+        return (float("inf"),) * 4
     if not reference.size:
-        return 0.0, 0.0
-    difference = np.abs(reference.reshape(other.shape) - other)
-    unexplained = difference if explained is None else np.maximum(
-        difference - np.asarray(explained, np.float64).reshape(other.shape), 0.0)
-    error, excess = float(np.max(difference)), float(np.max(unexplained))
+        return (0.0,) * 4
+    difference = np.abs(reference - other)
+    allowance = np.zeros(1) if explained is None else np.asarray(explained, np.float64).reshape(-1)
+    error = float(np.max(difference))
+    if not np.isfinite(error):
+        return (float("inf"),) * 4
     scale = float(np.max(np.abs(reference)))
-    return error, excess / scale if scale > 0 else excess
+    scale = scale if scale > 0 else 1.0
+    return (error, error / scale, float(np.max(allowance)) / scale,
+            float(np.max(np.maximum(difference - allowance, 0.0))) / scale)
 
 
 def adam_first_step_difference(grads_a: Mapping[str, np.ndarray], grads_b: Mapping[str, np.ndarray], lr: float,
@@ -64,7 +101,7 @@ def adam_first_step_difference(grads_a: Mapping[str, np.ndarray], grads_b: Mappi
     """Per parameter, how far apart AdamW's first step puts the two backends' weights because
     their gradients differ: ``lr |f(g_a) - f(g_b)|`` with ``f(g) = g / (|g| + eps)``, the
     bias-corrected first update (clipped gradients when ``clip``). An entry of ``|g|`` near
-    ``eps`` turns a float32 rounding of its gradient into a large change of its update (a sign
+    ``eps`` turns a tiny difference of its gradient into a large change of its update (a sign
     flip near zero moves the weight by up to ``2 lr``), so the optimiser's check measures only
     the error beyond this: the gradients themselves are checked on their own rows."""
 
@@ -89,15 +126,21 @@ def with_dtype(config: Config, dtype: str, registry) -> Config:
     return config_from_dict(data, "<parity>", registry=registry)
 
 
-def run_parity(config: Config, registry, backends: tuple[str, str] = ("torch", "jax"), dtype: str = "float64",
-               tol: float | None = None, batch_size: int = 8, seed: int = 0) -> list[ParityRow]:
-    """Compare ``backends[1]`` against ``backends[0]`` on the components of ``config``."""
-    tol = TOLERANCES[dtype] if tol is None else tol
-    config = with_dtype(config, dtype, registry)
-    spec = data_spec(config, registry, backends[0])  # a stated shape needs no data file
-    reference, other = (registry.load("backend", b, b)(config, registry, spec) for b in backends)
-    other.load_state_arrays(reference.state_arrays())
+@attrs.frozen
+class _Inputs:
+    """What every engine of one comparison is fed: NumPy arrays, drawn once."""
 
+    batch: Batch
+    t: np.ndarray
+    r: np.ndarray
+    v: np.ndarray
+    noise: np.ndarray
+    conditions: np.ndarray | None
+    draws: dict
+    lr: float
+
+
+def _inputs(config: Config, registry, spec, backend: str, batch_size: int, seed: int) -> _Inputs:
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch_size, *spec.shape))
     y = rng.integers(0, spec.num_classes, batch_size) if spec.conditional else None
@@ -106,56 +149,100 @@ def run_parity(config: Config, registry, backends: tuple[str, str] = ("torch", "
     v, noise = rng.standard_normal(x.shape), rng.standard_normal(x.shape)
     draw = config.objective.options.draw
     draws = draw(rng, batch_size, 0, spec)
-    if config.schedule is not None:  # NumPy, in the core: both engines get the scheduled draws
-        schedule = registry.load("schedule", config.schedule.name, backends[0])(config.schedule.options)
+    if config.schedule is not None:  # NumPy, in the core: every engine gets the scheduled draws
+        schedule = registry.load("schedule", config.schedule.name, backend)(config.schedule.options)
         schedule.calibrate(draw(np.random.default_rng([seed, 4]), CALIBRATION_DRAWS, 0, spec))
         draws = schedule.apply(draws, 0, 2, rng)
-
-    rows: list[ParityRow] = []
-
-    def check(component: str, quantity: str, a, b, explained=None):
-        max_abs, max_rel = compare(a, b, explained)
-        limit = OVERRIDES.get((component, dtype), (tol,))[0] if tol == TOLERANCES[dtype] else tol
-        rows.append(ParityRow(component, quantity, max_abs, max_rel, limit, bool(max_rel <= limit)))
-
-    model = f"backbone {config.model.name}"
     # the extra inputs an objective conditions the network on (spec.conditions), if any
-    names = reference.spec.conditions
-    c = np.random.default_rng([seed, 5]).random((batch_size, len(names))) if names else None
-    check(model, "output", reference.predict(x, t, r, y, c), other.predict(x, t, r, y, c))
+    names = config.network_spec(spec).conditions
+    conditions = np.random.default_rng([seed, 5]).random((batch_size, len(names))) if names else None
+    return _Inputs(Batch(x, y), t, r, v, noise, conditions, draws, config.optimizer.lr)
+
+
+def _measure(engine, config: Config, inputs: _Inputs, sampler, spec) -> tuple[Quantities, dict[str, np.ndarray]]:
+    """Every compared quantity of one engine, keyed by (component, quantity), in table order;
+    and the gradients by parameter name (the optimiser's check needs them)."""
+    found: Quantities = {}
+    x, y, c = inputs.batch.x, inputs.batch.y, inputs.conditions
+    t, r = inputs.t, inputs.r
+    model = f"backbone {config.model.name}"
+    found[model, "output"] = engine.predict(x, t, r, y, c)
     if spec.conditional:
-        check(model, "output (null class)", reference.predict(x, t, r, None, c), other.predict(x, t, r, None, c))
-    (u_a, dudt_a), (u_b, dudt_b) = reference.jvp(x, t, r, y, v, c), other.jvp(x, t, r, y, v, c)
-    check(model, "jvp primal", u_a, u_b)
-    check(model, "jvp tangent", dudt_a, dudt_b)
+        found[model, "output (null class)"] = engine.predict(x, t, r, None, c)
+    found[model, "jvp primal"], found[model, "jvp tangent"] = engine.jvp(x, t, r, y, inputs.v, c)
 
     objective = f"objective {config.objective.name}"
-    batch = Batch(x, y)
-    pairs = reference.regression(batch, draws, noise), other.regression(batch, draws, noise)
-    if pairs[0] is not None or pairs[1] is not None:
-        (prediction_a, target_a), (prediction_b, target_b) = (p if p is not None else (np.nan, np.nan)
-                                                              for p in pairs)
-        check(objective, "prediction", prediction_a, prediction_b)
-        check(objective, "target", target_a, target_b)
-    loss_a, parts_a, grads_a = reference.gradients(batch, draws, noise)
-    loss_b, parts_b, grads_b = other.gradients(batch, draws, noise)
-    check(objective, "loss", loss_a, loss_b)
-    for part in sorted(set(parts_a) | set(parts_b)):
-        check(objective, f"part {part}", parts_a.get(part, np.nan), parts_b.get(part, np.nan))
-    for name, a, b in _leaves(grads_a, grads_b):
-        check(objective, f"grad {name}", a, b)
+    pair = engine.regression(inputs.batch, inputs.draws, inputs.noise)
+    if pair is not None:
+        found[objective, "prediction"], found[objective, "target"] = pair
+    loss, parts, grads = engine.gradients(inputs.batch, inputs.draws, inputs.noise)
+    found[objective, "loss"] = np.asarray(loss)
+    for part in sorted(parts):
+        found[objective, f"part {part}"] = np.asarray(parts[part])
+    for name in sorted(grads):
+        found[objective, f"grad {name}"] = grads[name]
 
-    lr = config.optimizer.lr
-    reference.train_step(batch, draws, lr, noise=noise)
-    other.train_step(batch, draws, lr, noise=noise)
-    explained = adam_first_step_difference(grads_a, grads_b, lr, config.optimizer.eps, config.optimizer.grad_clip)
-    for name, a, b in _leaves(reference.state_arrays(), other.state_arrays()):
-        check("optimizer adamw", f"weight after one step {name}", a, b, explained.get(name))
+    engine.train_step(inputs.batch, inputs.draws, inputs.lr, noise=inputs.noise)
+    for name, weight in sorted(engine.state_arrays().items()):
+        found["optimizer adamw", f"weight after one step {name}"] = weight
+    found[f"sampler {config.sampler.name}", f"samples ({sampler.nfe} NFE)"] = engine.sample(sampler, inputs.noise, y)
+    return found, grads
 
+
+def run_parity(config: Config, registry, backends: tuple[str, str] = ("torch", "jax"), dtype: str = "float64",
+               tol: float | None = None, batch_size: int = 8, seed: int = 0) -> list[ParityRow]:
+    """Compare ``backends[1]`` against ``backends[0]`` on the components of ``config``.
+
+    ``tol`` replaces the tolerance: a fixed relative one (no rounding allowance) in either dtype."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    spec = data_spec(config, registry, backends[0])  # a stated shape needs no data file
+    inputs = _inputs(config, registry, spec, backends[0], batch_size, seed)
     sampler = registry.load("sampler", config.sampler.name, backends[0])(config.sampler.options)
-    check(f"sampler {config.sampler.name}", f"samples ({sampler.nfe} NFE)",
-          reference.sample(sampler, noise, y), other.sample(sampler, noise, y))
+    weights: dict[str, np.ndarray] = {}
+
+    def measure(backend: str, precision: str) -> tuple[Quantities, dict[str, np.ndarray]]:
+        """One engine at a time, dropped after measuring: a paper config's engines are large."""
+        engine = registry.load("backend", backend, backend)(with_dtype(config, precision, registry), registry, spec)
+        if weights:
+            engine.load_state_arrays(weights)
+        else:  # the first engine built gives every engine its weights
+            weights.update(engine.state_arrays())
+        try:
+            return _measure(engine, config, inputs, sampler, spec)
+        finally:
+            del engine
+            gc.collect()
+
+    (reference, grads_a), (other, grads_b) = (measure(b, dtype) for b in backends)
+    explained: dict[tuple[str, str], np.ndarray] = {}
+    if tol is None and dtype == "float32":
+        exact = [measure(b, "float64")[0] for b in backends]
+        for key in reference.keys() | other.keys():
+            errors = [_own_error(run.get(key), run64.get(key)) for run, run64 in zip((reference, other), exact)]
+            explained[key] = errors[0] + errors[1]
+    elif tol is None:
+        o = config.optimizer
+        for name, value in adam_first_step_difference(grads_a, grads_b, inputs.lr, o.eps, o.grad_clip).items():
+            explained["optimizer adamw", f"weight after one step {name}"] = value
+    limit = _tolerance(dtype, tol)
+    rows = []
+    for key in dict.fromkeys([*reference, *other]):  # the union, in table order
+        max_abs, max_rel, rounding, excess = compare(reference.get(key, MISSING), other.get(key, MISSING),
+                                                     explained.get(key))
+        rows.append(ParityRow(*key, max_abs, max_rel, rounding, excess, limit, bool(excess <= limit)))
     return rows
+
+
+def _tolerance(dtype: str, tol: float | None) -> float:
+    return tol if tol is not None else FLOAT32_FLOOR if dtype == "float32" else FLOAT64_TOLERANCE
+
+
+def _own_error(low: np.ndarray | None, exact: np.ndarray | None):
+    """``|low - exact|`` entry by entry (0 where either is missing: that row fails on its own)."""
+    if low is None or exact is None or np.size(low) != np.size(exact):
+        return 0.0
+    return np.abs(np.asarray(low, np.float64).reshape(-1) - np.asarray(exact, np.float64).reshape(-1))
 
 
 #: The small run that completes every component's examples (``register(..., examples=)``): a
@@ -216,8 +303,9 @@ def run_parity_component(component, registry, backends: tuple[str, str] = ("torc
                                       registry=registry)
             found = run_parity(config, registry, backends, dtype, tol)
         except Exception as error:  # a third party's component may raise anything
-            rows.append(ParityRow(label + where, f"error: {type(error).__name__}: {error}", float("inf"),
-                                  float("inf"), TOLERANCES[dtype] if tol is None else tol, False))
+            inf = float("inf")
+            rows.append(ParityRow(label + where, f"error: {type(error).__name__}: {error}", inf, inf, 0.0, inf,
+                                  _tolerance(dtype, tol), False))
             continue
         rows += [attrs.evolve(row, component=label + where) for row in found
                  if row.component.split()[0] in _ROWS_OF[component.kind]]
@@ -230,14 +318,10 @@ def run_parity_all(registry, backends: tuple[str, str] = ("torch", "jax"), dtype
             for row in run_parity_component(component, registry, backends, dtype, tol)]
 
 
-def _leaves(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    for name in sorted(set(a) | set(b)):
-        yield name, a.get(name, np.full(1, np.nan)), b.get(name, np.full(0, np.nan))
-
-
 def format_table(rows: list[ParityRow]) -> str:
-    header = ("component", "quantity", "max abs", "max rel", "tol", "pass")
-    cells = [header] + [(r.component, r.quantity, f"{r.max_abs:.2e}", f"{r.max_rel:.2e}", f"{r.tol:.0e}",
+    header = ("component", "quantity", "max abs", "max rel", "rounding", "excess", "tol", "pass")
+    cells = [header] + [(r.component, r.quantity, f"{r.max_abs:.2e}", f"{r.max_rel:.2e}",
+                         f"{r.rounding:.2e}" if r.rounding else "-", f"{r.excess:.2e}", f"{r.tol:.1e}",
                          "ok" if r.ok else "FAIL") for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)

@@ -1,6 +1,11 @@
-"""The toolkit's pytest plugin (entry point ``pytest11``): backend fixtures and the shared checks.
+"""The toolkit's pytest plugin: backend fixtures and the shared checks.
 
-Installed with the toolkit, so any test suite gets:
+A project turns it on for itself, in its top ``conftest.py``::
+
+    pytest_plugins = ["toolkit.testing"]
+
+(it is not loaded by merely installing the toolkit, so other projects' tests, their own
+``backend`` fixtures included, are left alone). Turned on, a test suite gets:
 
 * the ``backend`` fixture: a test that takes it runs once per registered backend, and fails
   (never skips) when that backend's framework is missing;
@@ -197,6 +202,12 @@ class ComponentChecks:
     components: ClassVar[Sequence[str] | str] = ()
     distribution: ClassVar[str | None] = None
 
+    def pytest_generate_tests(self, metafunc):
+        """Called by pytest beside the plugin's own hook: only to say the plugin is off."""
+        if not metafunc.config.pluginmanager.has_plugin(__name__):
+            raise pytest.UsageError(f"{type(self).__name__} needs the toolkit's pytest plugin: add "
+                                    f"pytest_plugins = [\"{__name__}\"] to the conftest.py at the top of your tests")
+
     @classmethod
     def selected(cls) -> list:
         from toolkit.parity import SECTIONS
@@ -225,7 +236,7 @@ class ComponentChecks:
         component, number, data = component_case
         single = _single_example(component, data)
         rows = run_parity_component(single, _registry())
-        failed = [f"{r.component}: {r.quantity} (max rel {r.max_rel:.2e} > {r.tol:.0e})" for r in rows if not r.ok]
+        failed = [row.describe() for row in rows if not row.ok]
         assert rows and not failed, "\n".join(failed)
 
     # -- backbones -------------------------------------------------------------------------------

@@ -188,7 +188,7 @@ def train(config: Config, backend: str, registry, out_dir: Path | None = None,
                 on_log(step, logged)
             if main and config.logging.samples_every and (step % config.logging.samples_every == 0 or step == steps):
                 log_sample_grids(config, backend, registry, engine, dataset, log, step)
-            if main and (step % config.checkpoint.every == 0 or step == steps):
+            if main and config.checkpoint.every and (step % config.checkpoint.every == 0 or step == steps):
                 log.flush()  # the curve up to a checkpoint survives a kill with it
                 last_saved = save_engine_checkpoint(checkpoint_path(checkpoints, step), engine, config,
                                                     checkpoint_metadata(step, backend, config, spec))

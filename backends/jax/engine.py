@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import equinox as eqx
@@ -13,17 +14,27 @@ import optax
 from toolkit.backends.jax.sharding import data_sharding
 from toolkit.backends.jax.weights import load_named_arrays, named_arrays
 from toolkit.errors import DivergenceError
+from toolkit.interfaces import in_numerics
 
 
 class JaxEngine:
     def __init__(self, config, registry, spec):
-        if config.run.dtype == "float64":
-            jax.config.update("jax_enable_x64", True)
+        self.x64 = config.run.dtype == "float64"
         # bf16: JAX has no autocast; its counterpart is the precision of every matrix product
         # and convolution (bfloat16 inputs, float32 accumulation) on GPUs and TPUs. XLA's CPU
         # backend ignores it and computes in float32.
-        jax.config.update("jax_default_matmul_precision",
-                          "bfloat16" if config.run.mixed_precision == "bf16" else config.run.matmul_precision)
+        self.matmul_precision = "bfloat16" if config.run.mixed_precision == "bf16" else config.run.matmul_precision
+        self._build(config, registry, spec)
+
+    @contextlib.contextmanager
+    def numerics(self):
+        """x64 and the matrix-product precision are JAX's process-wide settings (and part of
+        every compiled program's cache key): this engine's, for the duration of each call."""
+        with jax.enable_x64(self.x64), jax.default_matmul_precision(self.matmul_precision):
+            yield
+
+    @in_numerics
+    def _build(self, config, registry, spec):
         self.config, self.spec = config, config.network_spec(spec)
         spec = self.spec
         self.dtype = jnp.dtype(config.run.dtype)
@@ -78,16 +89,19 @@ class JaxEngine:
 
         return update
 
+    @in_numerics
     def array(self, array):
         if array is None:
             return None
         return jnp.asarray(array, dtype=self.dtype if np.issubdtype(array.dtype, np.floating) else None)
 
+    @in_numerics
     def gradients(self, batch, draws, noise):
         (loss, parts), grads = self._grads(self.model, *self.sharding.shard(
             self.array(batch.x), self.array(batch.y), {k: self.array(v) for k, v in draws.items()}, self.array(noise)))
         return float(loss), {k: float(v) for k, v in parts.items()}, named_arrays(grads)
 
+    @in_numerics
     def regression(self, batch, draws, noise):
         if not hasattr(self.objective, "regression"):
             return None
@@ -95,13 +109,16 @@ class JaxEngine:
             self.array(batch.x), self.array(batch.y), {k: self.array(v) for k, v in draws.items()}, self.array(noise)))
         return np.asarray(prediction), np.asarray(target)
 
+    @in_numerics
     def predict(self, x, t, r, y=None, conditions=None):
         return np.asarray(self._call(self.model, *(self.array(a) for a in (x, t, r, y, conditions))))
 
+    @in_numerics
     def jvp(self, x, t, r, y, v, conditions=None):
         u, dudt = self._jvp(self.model, *(self.array(a) for a in (x, t, r, y, conditions, v)))
         return np.asarray(u), np.asarray(dudt)
 
+    @in_numerics
     def train_step(self, batch, draws, lr, noise):
         (loss, parts), grads = self._grads(self.model, *self.sharding.shard(
             self.array(batch.x), self.array(batch.y), {k: self.array(v) for k, v in draws.items()}, self.array(noise)))
@@ -113,6 +130,7 @@ class JaxEngine:
         self.model, self.opt_state, _ = self._update(self.model, self.opt_state, grads, jnp.asarray(lr, self.dtype))
         return {"loss": loss_value, "grad_norm": grad_norm, **{k: float(v) for k, v in parts.items()}}
 
+    @in_numerics
     def sample(self, sampler, noise, y):
         def model_fn(z, t, r, labels, conditions=None):
             batch, row = (z.shape[0],), self.spec.condition_row(conditions)
@@ -121,16 +139,20 @@ class JaxEngine:
 
         return np.asarray(sampler.sample(model_fn, self.array(noise), self.array(y)))
 
+    @in_numerics
     def update_ema(self, decays):
         self.ema_models = self._ema(self.model, self.ema_models, jnp.asarray(decays, self.dtype))
 
+    @in_numerics
     def ema_arrays(self):
         return [named_arrays(average) for average in self.ema_models]
 
+    @in_numerics
     def load_ema_arrays(self, averages):
         self.ema_models = self.sharding.replicate(
             [load_named_arrays(average, arrays) for average, arrays in zip(self.ema_models, averages)])
 
+    @in_numerics
     def optimizer_arrays(self):
         # AdamW's moments under the parameter names, as torch's exp_avg / exp_avg_sq.
         adam = _adam_state(self.opt_state)
@@ -140,6 +162,7 @@ class JaxEngine:
                 **{f"mu.{k}": v for k, v in named_arrays(adam.mu).items()},
                 **{f"nu.{k}": v for k, v in named_arrays(adam.nu).items()}}
 
+    @in_numerics
     def load_optimizer_arrays(self, arrays):
         if not arrays:
             return
@@ -154,9 +177,11 @@ class JaxEngine:
         self.opt_state = self.sharding.replicate(self.opt_state._replace(count=jnp.array(count, copy=True),
                                                                          inner_state=inner))
 
+    @in_numerics
     def state_arrays(self):
         return named_arrays(self.model)
 
+    @in_numerics
     def load_state_arrays(self, arrays):
         self.model = self.sharding.replicate(load_named_arrays(self.model, arrays))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -14,22 +15,40 @@ from toolkit.backends.torch import TorchOptions
 from toolkit.backends.torch.distributed import data_parallel
 from toolkit.backends.torch.jvp import jvp, jvp_mode
 from toolkit.errors import DivergenceError, UsageError
+from toolkit.interfaces import in_numerics
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class TorchEngine:
     def __init__(self, config, registry, spec):
+        self.matmul_precision = config.run.matmul_precision  # "high" allows TF32 on GPUs
+        self._build(config, registry, spec)
+
+    @contextlib.contextmanager
+    def numerics(self):
+        """The float32 matrix-product precision is torch's process-wide setting: this engine's,
+        for the duration of each call."""
+        before = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision(self.matmul_precision)
+        try:
+            yield
+        finally:
+            torch.set_float32_matmul_precision(before)
+
+    @in_numerics
+    def _build(self, config, registry, spec):
         self.config, self.spec = config, config.network_spec(spec)
         spec = self.spec
         self.dtype = DTYPES[config.run.dtype]
-        torch.set_float32_matmul_precision(config.run.matmul_precision)  # "high" allows TF32 on GPUs
-        torch.manual_seed(config.run.seed)
         self.options = config.backend_options("torch", TorchOptions())
         self.device = _device(self.options.device)
         backbone = registry.load("backbone", config.model.name, "torch")
-        # initialised on the CPU (the same weights whatever the device), then moved
-        self.model = backbone(config.model.options, spec).to(self.dtype).to(self.device)
+        # initialised on the CPU (the same weights whatever the device), then moved; from the
+        # run's seed, in a fork of torch's global generator that leaves it as it was
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.run.seed)
+            self.model = backbone(config.model.options, spec).to(self.dtype).to(self.device)
         objective = registry.load("objective", config.objective.name, "torch")
         self.objective = objective(config.objective.options, spec)
         o = config.optimizer
@@ -52,6 +71,7 @@ class TorchEngine:
         self.loss_fn = torch.compile(loss_fn) if self.options.compile else loss_fn
         self.loss_fn = self.replicas.explain_failures(self.loss_fn, compiled=self.options.compile)
 
+    @in_numerics
     def tensor(self, array: np.ndarray | None) -> torch.Tensor | None:
         if array is None:
             return None
@@ -70,11 +90,13 @@ class TorchEngine:
         loss.backward()
         return loss, parts
 
+    @in_numerics
     def gradients(self, batch, draws, noise):
         loss, parts = self._backward(batch, draws, noise)
         grads = {name: p.grad.detach().cpu().numpy().copy() for name, p in self.model.named_parameters()}
         return float(loss.detach()), {k: float(v) for k, v in parts.items()}, grads
 
+    @in_numerics
     def regression(self, batch, draws, noise):
         if not hasattr(self.objective, "regression"):
             return None
@@ -85,9 +107,11 @@ class TorchEngine:
         return prediction.cpu().numpy(), target.cpu().numpy()
 
     @torch.no_grad()
+    @in_numerics
     def predict(self, x, t, r, y=None, conditions=None):
         return self.model(*(self.tensor(a) for a in (x, t, r, y, conditions))).cpu().numpy()
 
+    @in_numerics
     def jvp(self, x, t, r, y, v, conditions=None):
         x, t, r, y, v, c = (self.tensor(a) for a in (x, t, r, y, v, conditions))
         with torch.no_grad(), jvp_mode(self.options.jvp):
@@ -95,6 +119,7 @@ class TorchEngine:
                           (v, torch.ones_like(t), torch.zeros_like(r)))
         return u.cpu().numpy(), dudt.cpu().numpy()
 
+    @in_numerics
     def train_step(self, batch, draws, lr, noise):
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -110,11 +135,13 @@ class TorchEngine:
         self.optimizer.step()
         return {"loss": loss_value, "grad_norm": grad_norm, **{k: float(v) for k, v in parts.items()}}
 
+    @in_numerics
     def close(self) -> None:
         """Leave the process group (torchrun); called once when training ends, on every rank."""
         self.replicas.close()
 
     @torch.no_grad()
+    @in_numerics
     def sample(self, sampler, noise, y):
         self.model.eval()
         try:
@@ -129,6 +156,7 @@ class TorchEngine:
             self.model.train()
 
     @torch.no_grad()
+    @in_numerics
     def update_ema(self, decays):
         parameters = [p.detach() for p in self.model.parameters()]
         for average, decay in zip(self.ema_models, decays):
@@ -137,13 +165,16 @@ class TorchEngine:
             for a, b in zip(average.buffers(), self.model.buffers()):
                 a.copy_(b)
 
+    @in_numerics
     def ema_arrays(self):
         return [_numpy_state(average) for average in self.ema_models]
 
+    @in_numerics
     def load_ema_arrays(self, averages):
         for average, arrays in zip(self.ema_models, averages):
             _load_state(average, arrays)
 
+    @in_numerics
     def optimizer_arrays(self):
         arrays = {}
         for name, parameter in self.model.named_parameters():
@@ -154,6 +185,7 @@ class TorchEngine:
                 arrays[f"nu.{name}"] = state["exp_avg_sq"].detach().cpu().numpy().copy()
         return arrays
 
+    @in_numerics
     def load_optimizer_arrays(self, arrays):
         if not arrays:
             return
@@ -165,9 +197,11 @@ class TorchEngine:
                 "exp_avg_sq": torch.from_numpy(np.asarray(arrays[f"nu.{name}"])).reshape(parameter.shape)
                 .to(parameter)}
 
+    @in_numerics
     def state_arrays(self):
         return _numpy_state(self.model)
 
+    @in_numerics
     def load_state_arrays(self, arrays):
         _load_state(self.model, arrays)
 
