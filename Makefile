@@ -26,8 +26,10 @@ demo: $(STAMP)
 	$(BIN)/toolkit run configs/meanflow_digits.yaml --backend torch --overwrite
 	$(BIN)/toolkit run configs/meanflow_digits.yaml --backend jax --overwrite
 
+# One pytest-xdist worker per core (tests/conftest.py gives each worker its share of the threads),
+# a test file at a time per worker: a file's tests share their configs, so their compiled programs.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

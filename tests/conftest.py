@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
+# `make test` runs the suite in one pytest-xdist worker per core. torch computes on the worker's
+# share of the cores: two workers of two OpenMP threads each on two cores would fight for them
+# (OpenMP threads spin while they wait). Set before torch is imported, as it reads it then.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, _threads)
+
 import importlib
 import importlib.util
 import shutil

@@ -31,3 +31,4 @@ def test_wheel_installs_everything_under_the_toolkit_namespace(tmp_path):
         assert module in names
     assert "[toolkit]\n" in entry_points and "flow_matching = toolkit.plugins.flow_matching" in entry_points
     assert "toolkit = toolkit.cli:main" in entry_points
+    assert "pytest11" not in entry_points  # the pytest plugin is turned on by a project, never by installing
