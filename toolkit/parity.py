@@ -1,7 +1,7 @@
 """Cross-backend parity: the same weights and inputs must give the same numbers.
 
-Two engines are built from one config, the reference's weights are copied into the other by
-name, and both are fed identical NumPy inputs (fixed seed): the backbone output (with labels
+Engines of two backends are built from one config, one at a time; the reference's initial
+weights are copied into the other by name, and both are fed identical NumPy inputs (fixed seed): the backbone output (with labels
 and unconditional), the JVP along (v, 1, 0), the objective's loss and logged parts, the
 gradient of every parameter, every weight after one optimiser step, and the sampler's
 output. Each quantity is compared entry by entry; a failing row names its leaf. The harness
