@@ -189,6 +189,20 @@ def _measure(engine, config: Config, inputs: _Inputs, sampler, spec) -> tuple[Qu
     return found, grads
 
 
+#: The standard deviation of the noise added to the initial weights (DiT's embedding init scale).
+WEIGHT_NOISE = 0.02
+
+
+def off_initialisation(arrays: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+    """The initial weights plus ``WEIGHT_NOISE * N(0, 1)``, entry by entry. Zero-initialised
+    layers (DiT's adaLN-Zero modulation and output, the U-Net's output convolution) make an
+    untrained network output exactly 0 in any backend, and its JVP and most of its gradients
+    with it: compared there, a wrong network would pass."""
+    rng = np.random.default_rng([seed, 6])
+    return {name: value + WEIGHT_NOISE * rng.standard_normal(value.shape).astype(value.dtype)
+            if np.issubdtype(value.dtype, np.floating) else value for name, value in arrays.items()}
+
+
 def run_parity(config: Config, registry, backends: tuple[str, str] = ("torch", "jax"), dtype: str = "float64",
                tol: float | None = None, batch_size: int = 8, seed: int = 0) -> list[ParityRow]:
     """Compare ``backends[1]`` against ``backends[0]`` on the components of ``config``.
@@ -204,10 +218,9 @@ def run_parity(config: Config, registry, backends: tuple[str, str] = ("torch", "
     def measure(backend: str, precision: str) -> tuple[Quantities, dict[str, np.ndarray]]:
         """One engine at a time, dropped after measuring: a paper config's engines are large."""
         engine = registry.load("backend", backend, backend)(with_dtype(config, precision, registry), registry, spec)
-        if weights:
-            engine.load_state_arrays(weights)
-        else:  # the first engine built gives every engine its weights
-            weights.update(engine.state_arrays())
+        if not weights:  # the first engine built gives every engine its weights
+            weights.update(off_initialisation(engine.state_arrays(), seed))
+        engine.load_state_arrays(weights)
         try:
             return _measure(engine, config, inputs, sampler, spec)
         finally:
