@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import numpy as np
 import pytest
 
@@ -169,6 +170,45 @@ def test_guidance_is_folded_into_the_target(backend):
         np.testing.assert_allclose(got, expected, rtol=1e-12)
         assert 0 < applies.sum() < len(t)
     assert g.effective_scale == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("options", [MeanFlowOptions(), SplitMeanFlowOptions()], ids=["meanflow", "splitmeanflow"])
+def test_null_labels_are_one_block_of_the_r_equals_t_pairs(options):
+    """The authors' layout (Gsunshine/meanflow meanflow.py:191-200): as many examples lose their
+    label as independent drops would give, all at the r = t end of the batch, so no pair with
+    r < t trains the unconditional model; ``independent`` drops any example."""
+    spec, n, p = DataSpec((2,), 10), 64, options.label_dropout
+    counts, averaged_dropped = [], 0
+    for seed in range(400):
+        draws = options.draw(np.random.default_rng(seed), n, 0, spec)
+        k = int(draws["drop"].sum())
+        assert draws["drop"][n - k:].all() and not (draws["drop"] & (draws["r"] < draws["t"])).any()
+        counts.append(k)
+        loose = attrs.evolve(options, label_dropout_layout="independent").draw(np.random.default_rng(seed), n, 0, spec)
+        assert int(loose["drop"].sum()) == k  # the same number of null labels, and the same times
+        assert np.array_equal(loose["t"], draws["t"]) and np.array_equal(loose["r"], draws["r"])
+        averaged_dropped += int((loose["drop"] & (loose["r"] < loose["t"])).sum())
+    # Binomial(n, p) null labels per batch: the mean within 4 standard errors
+    assert abs(np.mean(counts) - n * p) < 4 * np.sqrt(n * p * (1 - p) / len(counts))
+    assert averaged_dropped > 0.5 * 400 * n * p * options.ratio  # independent drops do reach r < t
+
+
+def test_the_objective_gives_the_null_label_to_exactly_the_drawn_rows(backend):
+    """The backends take the layout from the draws: the prediction of a pair with r < t sees its
+    class, the dropped block the null class."""
+    spec = DataSpec((2,), 3)
+    x, y, draws, noise = batch(n=32, spec=spec)
+    draws = {**draws, "drop": np.arange(32) >= 28}
+    t, r = draws["t"], draws["r"]
+    with float64(backend):
+        model = build_backbone(backend, "mlp", MLPOptions(hidden=16, depth=2, time_embed_dim=8), spec)
+        mf = objective(backend, "meanflow", MeanFlowOptions(), spec)
+        u, _ = mf.regression(model, to_backend(backend, x), to_backend(backend, y),
+                             {k: to_backend(backend, v) for k, v in draws.items()}, to_backend(backend, noise))
+        z = (1 - t[:, None]) * x + t[:, None] * noise
+        labels = np.where(draws["drop"], 3, y)
+        expected = to_numpy(call_backbone(backend, model, *(to_backend(backend, a) for a in (z, t, r, labels))))
+        np.testing.assert_allclose(to_numpy(u), expected, rtol=1e-12, atol=1e-14)
 
 
 def test_one_step_of_the_exact_field_maps_noise_to_data(backend):

@@ -167,7 +167,8 @@ def test_float32_rounding_of_one_backend_is_not_a_parity_failure():
     derived = run_parity(config, registry, dtype="float32")
     assert all(row.ok for row in derived)
     loss = next(row for row in derived if row.quantity == "loss")
-    assert loss.max_rel == pytest.approx(3e-5, rel=0.1) and loss.rounding >= loss.max_rel
+    # the allowance covers the difference (to float64 rounding of the two sums that measure them)
+    assert loss.max_rel == pytest.approx(3e-5, rel=0.1) and loss.rounding >= loss.max_rel * (1 - 1e-9)
     fixed = run_parity(config, registry, dtype="float32", tol=1e-5)
     assert {row.quantity for row in fixed if not row.ok} >= {"loss"}
     assert all(row.ok for row in run_parity(config, registry))  # and float64 has nothing to find

@@ -33,7 +33,10 @@ class DiTOptions:
     #: DiT uses the tanh approximation of GELU; torch's default is exact: both are explicit here.
     gelu: Literal["tanh", "exact"] = "tanh"
     frequency_dim: int = attrs.field(default=256, validator=positive)
-    time_scale: float = attrs.field(default=1000.0, validator=positive)
+    #: sinusoidal embeddings see ``time_scale * t``; 1: the raw times in [0, 1], as the authors'
+    #: codes embed them (Gsunshine/meanflow models/models_dit.py:58-61, Gsunshine/py-meanflow
+    #: meanflow/models/unet.py:246), with no x1000.
+    time_scale: float = attrs.field(default=1.0, validator=positive)
     time_inputs: Literal["t_and_gap", "t_and_r"] = "t_and_gap"
     norm_eps: float = attrs.field(default=1e-6, validator=positive)
 

@@ -6,10 +6,12 @@
 where the bracket is one forward-mode JVP of the network along ``(v, 0, 1)`` for
 ``(z, r, t)`` and the target is under stop-gradient.
 
-Defaults are the paper's ImageNet settings (appendix Table 4 as transcribed, cross-checked
-with the authors' code): t, r ~ logit-normal(-0.4, 1.0) drawn independently and sorted, 25%
-of the batch with r != t, adaptive weight power p = 1.0. The constant c is 1e-3 (the value
-the paper names; the authors' JAX code defaults to 0.01, the ImageNet value is unverified).
+Defaults are the authors' ImageNet settings (Gsunshine/meanflow at d70cb55, configs/default.py):
+t, r ~ logit-normal(-0.4, 1.0) drawn independently and sorted (lines 52-54), 25% of the batch
+with r != t (line 57: 75% r = t), adaptive weight power p = 1.0 (line 70), label dropout 0.1
+(line 58) as one block of the r = t rows (meanflow.py:191-200). The constant c defaults to
+1e-3, the authors' CIFAR-10 value (Gsunshine/py-meanflow meanflow/train_arg_parser.py:65); their
+ImageNet code uses 0.01 (configs/default.py:71), which the ImageNet configs set.
 """
 
 from __future__ import annotations
@@ -46,6 +48,18 @@ def draw_time_pairs(rng: np.random.Generator, n: int, time: TimeDistribution, r_
     b = (r_time or time).sample(rng, n)
     t, r = (np.maximum(a, b), np.minimum(a, b)) if pairing == "sorted" else (a, np.minimum(a, b))
     return t, np.where(np.arange(n) < averaged_count(ratio, n), r, t)
+
+
+def null_label_rows(rng: np.random.Generator, n: int, probability: float, layout: str) -> np.ndarray:
+    """Which of ``n`` examples get the null label. Each of them would with ``probability``;
+    ``independent`` drops exactly those. ``block`` (the authors' code, Gsunshine/meanflow
+    meanflow.py:191-200) drops as many, but as one block at the r = t end of the batch (the
+    trailing rows, see :func:`draw_time_pairs`), so every pair with r < t keeps its class and
+    its guided target, and the unconditional model is trained only on the instantaneous
+    velocity, all that the guided target asks of it. Only when more examples lose their label
+    than there are r = t pairs does the block reach pairs with r < t, as in that code."""
+    lose = rng.random(n) < probability
+    return lose if layout == "independent" else np.arange(n) >= n - int(lose.sum())
 
 
 @attrs.frozen
@@ -92,6 +106,8 @@ class AverageVelocityOptions:
     weight_power: float = attrs.field(default=1.0, validator=non_negative)
     weight_eps: float = attrs.field(default=1e-3, validator=positive)
     label_dropout: float = attrs.field(default=0.1, validator=probability)
+    #: which examples lose their label (see :func:`null_label_rows`).
+    label_dropout_layout: Literal["block", "independent"] = "block"
 
     def averaged(self, batch_size: int) -> int:
         """The size of the leading slice of a batch whose pairs may have r < t."""
@@ -99,7 +115,8 @@ class AverageVelocityOptions:
 
     def draw(self, rng: np.random.Generator, batch_size: int, step: int, spec: DataSpec) -> dict[str, np.ndarray]:
         t, r = draw_time_pairs(rng, batch_size, self.time, self.r_time, self.pairing, self.ratio)
-        drop = rng.random(batch_size) < (self.label_dropout if spec.conditional else 0.0)
+        drop = null_label_rows(rng, batch_size, self.label_dropout if spec.conditional else 0.0,
+                               self.label_dropout_layout)
         return {"t": t, "r": r, "drop": drop}
 
 

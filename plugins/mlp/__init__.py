@@ -17,8 +17,10 @@ class MLPOptions:
     hidden: int = attrs.field(default=256, validator=positive)
     depth: int = attrs.field(default=3, validator=positive)  # hidden layers
     time_embed_dim: int = attrs.field(default=64, validator=positive)
-    #: sinusoidal embeddings see ``time_scale * t`` (SPEC.md section 0: 1000).
-    time_scale: float = attrs.field(default=1000.0, validator=positive)
+    #: sinusoidal embeddings see ``time_scale * t``; 1: the raw times in [0, 1], as the authors'
+    #: codes embed them (Gsunshine/meanflow models/models_dit.py:58-61, Gsunshine/py-meanflow
+    #: meanflow/models/unet.py:246), with no x1000.
+    time_scale: float = attrs.field(default=1.0, validator=positive)
     #: the second time input: the gap ``t - r`` (the MeanFlow paper's choice) or ``r``.
     time_inputs: Literal["t_and_gap", "t_and_r"] = "t_and_gap"
 

@@ -77,7 +77,10 @@ class UNetOptions:
     norm_eps: float = attrs.field(default=1e-6, validator=positive)
     #: the sinusoidal embedding's size (None: ``channels``, as EDM).
     frequency_dim: int | None = attrs.field(default=None, validator=positive)
-    time_scale: float = attrs.field(default=1000.0, validator=positive)
+    #: sinusoidal embeddings see ``time_scale * t``; 1: the raw times in [0, 1], as the authors'
+    #: codes embed them (Gsunshine/meanflow models/models_dit.py:58-61, Gsunshine/py-meanflow
+    #: meanflow/models/unet.py:246), with no x1000.
+    time_scale: float = attrs.field(default=1.0, validator=positive)
     time_inputs: Literal["t_and_gap", "t_and_r"] = "t_and_gap"
 
     def __attrs_post_init__(self):
