@@ -242,7 +242,7 @@ def test_parity_all_covers_each_component_on_its_examples(capsys, monkeypatch):
 def test_zero_initialised_layers_do_not_hide_a_wrong_network(monkeypatch):
     """DiT's adaLN-Zero layers make an untrained DiT output exactly 0 in any backend: the
     harness compares the networks off their initialisation, so a JAX DiT that modulates by
-    ``scale`` instead of ``1 + scale`` fails on its output, JVP and gradients."""
+    ``scale`` instead of ``1 + scale`` fails on its output, JVP, gradients and samples."""
     import toolkit.plugins.dit.jax as dit_jax
     from toolkit.config import config_from_dict
     from toolkit.parity import example_configs
@@ -253,6 +253,7 @@ def test_zero_initialised_layers_do_not_hide_a_wrong_network(monkeypatch):
     failed = {row.quantity for row in run_parity(config_from_dict(example, "dit example", registry=registry),
                                                  registry) if not row.ok}
     assert {"output", "jvp tangent", "samples (2 NFE)"} <= failed
+    assert any(quantity.startswith("grad ") for quantity in failed)
 
 
 class _OneSidedRegression:
