@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import attrs
 import numpy as np
 import pytest
 
@@ -11,6 +12,7 @@ from backend_arrays import build_backbone, call_backbone, float64, perturbed, to
 from toolkit.interfaces import DataSpec
 from toolkit.plugins.dit import DiTOptions
 from toolkit.plugins.mlp import MLPOptions
+from toolkit.plugins.unet import UNetOptions
 
 # Parameters of DiT at 256x256 (32x32x4 latents, 1000 classes) with MeanFlow's second time
 # embedder: the MeanFlow paper reports B/2 131M, L/2 459M, XL/2 676M (DiT's own table,
@@ -65,6 +67,40 @@ def test_backbone_shapes_and_conditioning(backend, name):
         np.testing.assert_array_equal(unconditional, u(np.full(4, 3)))  # y=None is the null class, index 3
         assert not np.allclose(unconditional, u(np.zeros(4, int)))  # the label is seen
         assert not np.allclose(unconditional, u(None, r=t))  # and so is the second time
+
+
+GAP_CASES = {**CASES, "unet": (UNetOptions(channels=8, channel_mult=(1,), blocks=1, attention_resolutions=(),
+                                            groups=4), (3, 4, 4))}
+
+
+@pytest.mark.parametrize("name", sorted(GAP_CASES))
+def test_a_network_of_the_gap_alone_ignores_t_and_has_no_t_embedder(backend, name):
+    """``time_inputs: gap`` (the iMF network): the output depends on t - r only."""
+    options, shape = GAP_CASES[name]
+    rng = np.random.default_rng(1)
+    x, t = rng.standard_normal((4, *shape)), 0.5 + 0.5 * rng.random(4)
+    with float64(backend):
+        both = build_backbone(backend, name, options, DataSpec(shape))
+        gap = build_backbone(backend, name, attrs.evolve(options, time_inputs="gap"), DataSpec(shape))
+        model = perturbed(backend, gap)
+
+        def u(t, r):
+            return to_numpy(call_backbone(backend, model, *(to_backend(backend, a) for a in (x, t, r))))
+
+        np.testing.assert_array_equal(u(t, t - 0.25), u(t - 0.5, t - 0.75))  # the same gap, other times
+        assert not np.allclose(u(t, t - 0.25), u(t, t - 0.5))  # the gap is seen
+    sizes_both, sizes_gap = parameter_sizes(backend, both), parameter_sizes(backend, gap)
+    assert sum(sizes_gap.values()) < sum(sizes_both.values())  # one time embedding fewer
+    if name != "mlp":  # the MLP embeds times without weights; the others drop their t-embedder
+        assert {n.split(".")[0] for n in sizes_both} - {n.split(".")[0] for n in sizes_gap} == {"t_embedder"}
+
+
+def parameter_sizes(backend, model) -> dict[str, int]:
+    if backend == "torch":
+        return {name: p.numel() for name, p in model.named_parameters()}
+    from toolkit.backends.jax.weights import named_arrays
+
+    return {name: a.size for name, a in named_arrays(model).items()}
 
 
 def test_dit_rejects_data_the_patch_does_not_divide():

@@ -168,6 +168,76 @@ def test_unreadable_images_name_the_file_and_leave_nothing_behind(tmp_path, caps
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pets"]  # no output, no temporary file
 
 
+CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def write_cifar10_archive(path, per_batch=3, test=4, names=CIFAR_CLASSES, label_limit=10):
+    """A small archive in the layout of cifar-10-binary.tar.gz; returns {batch file: (labels, images)}."""
+    import io
+    import tarfile
+
+    rng = np.random.default_rng(0)
+    batches = {}
+    with tarfile.open(path, "w:gz") as archive:
+        def add(name, data):
+            info = tarfile.TarInfo(f"cifar-10-batches-bin/{name}")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+
+        for name, count in [*((f"data_batch_{i}.bin", per_batch) for i in range(1, 6)), ("test_batch.bin", test)]:
+            labels = rng.integers(0, label_limit, count, dtype=np.uint8)
+            images = rng.integers(0, 256, (count, 3, 32, 32), dtype=np.uint8)
+            # a record: the label byte, then the red, green and blue planes, each 32 rows of 32 bytes
+            records = np.concatenate([labels[:, None], images.reshape(count, -1)], axis=1)
+            add(name, records.tobytes())
+            batches[name] = (labels, images)
+        add("batches.meta.txt", ("\n".join(names) + "\n\n").encode())
+    return batches
+
+
+def test_cifar10_binary_archive_keeps_its_split_and_class_names(tmp_path, capsys):
+    batches = write_cifar10_archive(tmp_path / "cifar-10-binary.tar.gz")
+    out = tmp_path / "cifar10.h5"
+    code, stdout, _ = run_cli(capsys, "data", "build", tmp_path / "cifar-10-binary.tar.gz", "--out", out)
+    assert code == 0, stdout
+    assert stdout.startswith(f"{out}: 15 train + 4 test, shape (3, 32, 32) uint8 in [0, 255],")
+    with h5py.File(out) as handle:
+        assert handle["meta"].attrs["class_names"] == '["' + '", "'.join(CIFAR_CLASSES) + '"]'
+        stored = {"x": (handle["y"][:], handle["x"][:]), "x_test": (handle["y_test"][:], handle["x_test"][:])}
+    for split, names in (("x", [f"data_batch_{i}.bin" for i in range(1, 6)]), ("x_test", ["test_batch.bin"])):
+        labels = np.concatenate([batches[n][0] for n in names])
+        images = np.concatenate([batches[n][1] for n in names])
+        order = [int(np.flatnonzero((images == image).all(axis=(1, 2, 3)))[0]) for image in stored[split][1]]
+        assert sorted(order) == list(range(len(images)))  # every record once, in its own split
+        np.testing.assert_array_equal(stored[split][0], labels[order])  # with its label
+    dataset = open_dataset(out)
+    assert dataset.spec.shape == (3, 32, 32) and dataset.spec.num_classes == 10
+    # an explicit fraction re-splits the 19 images instead
+    code, stdout, _ = run_cli(capsys, "data", "build", tmp_path / "cifar-10-binary.tar.gz", "--out",
+                              tmp_path / "resplit.h5", "--test-fraction", "0.5")
+    assert code == 0 and " 9 train + 10 test," in stdout
+
+
+def test_cifar10_archives_that_are_not_name_what_is_wrong(tmp_path, capsys):
+    import tarfile
+
+    out = tmp_path / "o.h5"
+    write_cifar10_archive(tmp_path / "c100.tar.gz", label_limit=100)
+    code, _, err = run_cli(capsys, "data", "build", tmp_path / "c100.tar.gz", "--out", out)
+    assert code == 1 and "expected CIFAR-10's classes 0-9 (is this the CIFAR-100 archive?)" in err
+    with tarfile.open(tmp_path / "empty.tar.gz", "w:gz"):
+        pass
+    code, _, err = run_cli(capsys, "data", "build", tmp_path / "empty.tar.gz", "--out", out)
+    assert code == 1 and err == (f"toolkit: error: {tmp_path / 'empty.tar.gz'}: holds no data_batch_1.bin, "
+                                 f"data_batch_2.bin, data_batch_3.bin, data_batch_4.bin, data_batch_5.bin, "
+                                 f"test_batch.bin; expected the CIFAR-10 binary archive (cifar-10-batches-bin/"
+                                 f"data_batch_1.bin .. data_batch_5.bin, test_batch.bin)\n")
+    (tmp_path / "broken.tar.gz").write_bytes(b"not an archive")
+    code, _, err = run_cli(capsys, "data", "build", tmp_path / "broken.tar.gz", "--out", out)
+    assert code == 1 and "not a readable .tar.gz archive" in err
+    assert not out.exists()
+
+
 def test_bad_sources_and_options(tmp_path, capsys):
     out = tmp_path / "o.h5"
     code, _, err = run_cli(capsys, "data", "build", "sklearn:digit", "--out", out)

@@ -162,6 +162,31 @@ def test_stream_is_a_pure_function_of_seed_batch_size_and_index(tmp_path):
     assert np.array_equal(np.concatenate(stream(small, 50, 5, 45)), rows)
 
 
+def test_horizontal_flips_are_drawn_per_step_and_resume_with_the_stream(tmp_path, arrays):
+    x, y = arrays
+    path = write_h5(tmp_path / "images.h5", x, y)
+    plain, flipped = (take(open_dataset(path, horizontal_flip=f), 30, 2, 6) for f in (False, True))
+    mirrored = [np.array_equal(f, p[..., ::-1]) for a, b in zip(plain, flipped) for p, f in zip(a.x, b.x)]
+    kept = [np.array_equal(f, p) for a, b in zip(plain, flipped) for p, f in zip(a.x, b.x)]
+    assert all(m or k for m, k in zip(mirrored, kept))  # each image as stored or mirrored left to right
+    assert 60 < sum(mirrored) < 120  # about half of 180
+    assert all(np.array_equal(a.y, b.y) for a, b in zip(plain, flipped))
+    resumed = take(open_dataset(path, horizontal_flip=True), 30, 2, 2, start=4)
+    assert all(np.array_equal(a.x, b.x) for a, b in zip(flipped[4:], resumed))
+    assert "horizontal_flip" in error_of(many_chunks(tmp_path), horizontal_flip=True)  # 2-D points: no
+
+
+def test_num_classes_0_trains_unconditionally_on_a_labelled_file(tmp_path, arrays):
+    x, y = arrays
+    path = write_h5(tmp_path / "images.h5", x, y)
+    labelled, unlabelled = open_dataset(path), open_dataset(path, num_classes=0)
+    assert labelled.spec.num_classes == 5 and unlabelled.spec.num_classes == 0
+    batch, plain = take(unlabelled, 16, 0, 1)[0], take(labelled, 16, 0, 1)[0]
+    assert batch.y is None and np.array_equal(batch.x, plain.x)
+    assert unlabelled.reference(8, 0).y is None
+    assert "expects 4" in error_of(path, num_classes=4)
+
+
 def test_a_batch_larger_than_the_data_spans_epochs(tmp_path):
     dataset = open_dataset(many_chunks(tmp_path, n=21, chunk=4), normalize=False, holdout=1)
     rows = np.concatenate(stream(dataset, 50, seed=0, count=2))  # five epochs of 20

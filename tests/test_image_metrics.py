@@ -74,6 +74,23 @@ def test_frechet_distance_of_features_is_that_of_their_gaussian_fit(n):
     assert frechet_distance(a, a.copy()[::-1]) <= 1e-10 * scale
 
 
+@pytest.mark.parametrize("n", [5, 400])  # a factor from the rows, and from the covariance
+def test_a_factored_reference_gives_the_distance_to_its_moments(n):
+    from toolkit.metrics import FrechetReference
+
+    rng = np.random.default_rng(n)
+    mu, sigma = gaussian_fit(rng.standard_normal((50, 30)) @ rng.standard_normal((30, 30)))
+    reference = FrechetReference(mu, sigma)
+    for shift in (0.0, 0.5):  # one factorisation, several sample sets
+        a = rng.standard_normal((n, 30)) + shift
+        # 1e-7: the moments' side takes square roots of a singular covariance's eigenvalues
+        # (n = 5 rows in 30 dimensions), whose rounding errors reach sqrt(eps) of the scale
+        assert reference.distance(a) == pytest.approx(frechet_distance_from_moments(*gaussian_fit(a), mu, sigma),
+                                                      rel=1e-7)
+    with pytest.raises(ValueError, match="features have dimension 29, the reference 30"):
+        reference.distance(a[:, 1:])
+
+
 def test_frechet_distance_of_large_samples_approaches_the_population_value():
     rng = np.random.default_rng(2)
     sigma_a, sigma_b = random_covariance(rng, 3), random_covariance(rng, 3)
@@ -401,3 +418,33 @@ def test_preprocessing_quantises_repeats_gray_and_resizes():
     torch.testing.assert_close(out, preprocess(gray.expand(-1, 3, -1, -1)))
     levels = torch.round((preprocess(torch.full((1, 1, 4, 4), 0.3)) + 1) / 2 * 255, decimals=3)
     assert levels.unique().tolist() == [166.0]  # 0.3 -> 165.75 -> the 8-bit level 166
+
+
+def test_fid_statistics_of_a_data_set_are_those_of_its_training_images(inception_files, tmp_path, capsys):
+    """`toolkit fid-stats DATA.h5`: the CIFAR-10 reference (its training set), from the stored
+    uint8 images mapped to [-1, 1]; a data set of latents is refused with the reason."""
+    from toolkit.plugins.inception import FIDOptions
+    from toolkit.plugins.inception.metric import FID
+
+    weights = str(inception_files[0])
+    images = np.random.default_rng(0).integers(0, 256, (7, 3, 32, 32), dtype=np.uint8)
+    np.savez(tmp_path / "images.npz", x=images, y=np.arange(7) % 2)
+    data = tmp_path / "data.h5"
+    assert main(["data", "build", str(tmp_path / "images.npz"), "--out", str(data), "--test-fraction", "0.3"]) == 0
+    with h5py.File(data) as handle:
+        train = handle["x"][:]
+    assert len(train) == 5
+    capsys.readouterr()
+    stats = tmp_path / "stats.npz"
+    assert main(["fid-stats", str(data), "--weights", weights, "--out", str(stats), "--batch-size", "2"]) == 0
+    assert f"Inception statistics of 5 images of {data} (its training split, 32x32 as stored)" in capsys.readouterr().out
+    features = FID(FIDOptions(weights=weights)).features(train / 127.5 - 1)
+    with np.load(stats) as stored:
+        np.testing.assert_allclose(stored["mu"], features.mean(axis=0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(stored["sigma"], np.cov(features, rowvar=False), rtol=1e-4, atol=1e-6)
+    np.savez(tmp_path / "latents.npz", x=np.random.default_rng(1).standard_normal((4, 4, 8, 8)).astype(np.float32))
+    assert main(["data", "build", str(tmp_path / "latents.npz"), "--out", str(tmp_path / "latents.h5")]) == 0
+    capsys.readouterr()
+    assert main(["fid-stats", str(tmp_path / "latents.h5"), "--weights", weights, "--out", str(stats),
+                 "--overwrite"]) == 2
+    assert "examples of shape (4, 8, 8); expected images (1 or 3 channels" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tests_paths import CONFIGS, PAPER_PATHS, data_missing
+from tests_paths import CONFIGS, PAPER_PATHS, PAPER_SMALLER, data_missing
 from toolkit.cli import main
 from toolkit.config import load_config
 from toolkit.hookspecs import hookimpl
@@ -32,11 +32,10 @@ OTHER_KERNEL_CONFIGS = ["fm_toy2d.yaml", "splitmeanflow_toy2d.yaml", "meanflow_m
 
 
 def parity_command(config: str, *options: str) -> list[str]:
-    # a paper config: its own width, heads, objective and guidance, at one of its blocks (XL/2's
-    # 676M parameters do not fit this machine's tests) and on 8x8 latents, 16 tokens instead of
-    # 256 (compute was 85% of the test's time; the layers are the same); a twin at one block too
-    smaller = ["--set", "model.depth=1", "--set", "data.shape=[4, 8, 8]"] if config in PAPER_PATHS else \
-        ["--set", "model.depth=1"] if config.startswith("twins/") else []
+    # a paper config: its own objective and guidance, at the size of PAPER_SMALLER (on 8x8 data,
+    # 16 tokens instead of 256, compute was 85% of the test's time); a twin at one block too
+    settings = PAPER_SMALLER.get(config) or (("model.depth=1",) if config.startswith("twins/") else ())
+    smaller = [part for setting in settings for part in ("--set", setting)]
     return ["parity", str(CONFIGS / config), "--json", *options, *smaller]
 
 

@@ -9,7 +9,7 @@ import attrs
 import numpy as np
 import pytest
 
-from tests_paths import CONFIGS, PAPER_PATHS, data_missing
+from tests_paths import CONFIGS, PAPER_PATHS, PAPER_SMALLER, data_missing
 from toolkit.checkpoint import load_checkpoint
 from toolkit.config import load_config
 from toolkit.errors import DivergenceError, UsageError
@@ -145,8 +145,8 @@ def test_meanflow_learns_one_step_sampling(backend, tmp_path):
 @pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml")
                                            if not data_missing(p) or p.name in PAPER_PATHS))
 def test_every_shipped_config_validates_and_runs(backend, tmp_path, config):
-    """Three steps of each config. A paper config, whose ImageNet latents are not on this
-    machine, runs as `toolkit run --smoke` does, with one block of its architecture: every
+    """Three steps of each config. A paper config, whose data (ImageNet latents, CIFAR-10) is
+    not on this machine, runs as `toolkit run --smoke` does, at the size of PAPER_SMALLER: every
     other setting is the paper's (configs/twins/ train them all on digits)."""
     import yaml
 
@@ -155,9 +155,9 @@ def test_every_shipped_config_validates_and_runs(backend, tmp_path, config):
     data = yaml.safe_load((CONFIGS / config).read_text())["data"]
     if data_missing(CONFIGS / config):
         registry = get_registry()
-        # one block, on 8x8 latents (16 tokens instead of 256: the layers are the same)
-        cfg = load_config(CONFIGS / config, ["logging.progress=false", "model.depth=1", "data.shape=[4, 8, 8]"],
-                          registry, backend=backend)
+        # PAPER_SMALLER: one block, on 8x8 data (16 tokens instead of 256: the layers are the same)
+        cfg = load_config(CONFIGS / config, ["logging.progress=false", *PAPER_SMALLER[config]], registry,
+                          backend=backend)
         smoke = smoke_config(cfg, registry, backend)
         # nothing here reads a checkpoint (they are 100s of MB at this width; saving is tested elsewhere)
         smoke = attrs.evolve(smoke, checkpoint=attrs.evolve(smoke.checkpoint, every=None))

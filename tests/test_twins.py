@@ -13,11 +13,12 @@ from toolkit.train import train
 
 TWINS = CONFIGS / "twins"
 PAPERS = sorted(p.name for p in TWINS.glob("*.yaml"))
-#: What a twin may change: the model's size, the data, the run's length and batch (and name),
+#: What a twin may change: the model's size (a U-Net's levels, blocks and width included), the data, the run's length and batch (and name),
 #: and what is logged, saved and measured. Everything else (objective, schedule, sampler,
 #: optimizer, EMA, numerics, seed) must be the paper config's.
 ALLOWED = ("run.name", "run.steps", "run.batch_size", "run.out_dir", "data", "model.size", "model.depth",
-           "model.width", "model.heads", "logging", "checkpoint", "eval")
+           "model.width", "model.heads", "model.channels", "model.channel_mult", "model.blocks", "logging", "checkpoint",
+           "eval")
 
 
 def flat(value, prefix=""):
@@ -33,11 +34,12 @@ def differences(paper, twin) -> list[str]:
     return sorted(k for k in set(a) | set(b) if not allowed(k) and a.get(k, KeyError) != b.get(k, KeyError))
 
 
-def test_every_paper_config_on_imagenet_latents_has_a_twin():
+def test_every_paper_config_on_imagenet_latents_or_cifar10_has_a_twin():
     import yaml
 
     papers = {p.name for p in CONFIGS.glob("*.yaml")
-              if "imagenet" in str(yaml.safe_load(p.read_text())["data"].get("path", ""))}
+              if any(name in str(yaml.safe_load(p.read_text())["data"].get("path", ""))
+                     for name in ("imagenet", "cifar10"))}
     assert papers and papers == set(PAPERS)
 
 
@@ -46,7 +48,8 @@ def test_twin_agrees_with_its_paper_config(name):
     registry = get_registry()
     paper, twin = (load_config(path, (), registry) for path in (CONFIGS / name, TWINS / name))
     assert differences(paper, twin) == []
-    assert twin.model.options.resolved_depth <= 2 and twin.run.steps <= 500  # it is CPU-sized
+    size = (twin.model.options.resolved_depth if twin.model.name == "dit" else twin.model.options.blocks)
+    assert size <= 2 and twin.run.steps <= 500  # it is CPU-sized
 
 
 def test_a_drifted_twin_is_caught():

@@ -50,6 +50,7 @@ positive = check(lambda v: v > 0, "a value > 0")
 non_negative = check(lambda v: v >= 0, "a value >= 0")
 probability = check(lambda v: 0.0 <= v <= 1.0, "a value in [0, 1]")
 unit_open = check(lambda v: all(0.0 <= b < 1.0 for b in v), "values in [0, 1)")
+dropout_rate = check(lambda v: 0.0 <= v < 1.0, "a dropout rate in [0, 1)")
 
 
 def at_least(bound: float):

@@ -89,6 +89,29 @@ def frechet_distance_from_moments(mu_a: np.ndarray, sigma_a: np.ndarray,
     return _frechet(mu_a, _factor_of_covariance(sigma_a), mu_b, _factor_of_covariance(sigma_b))
 
 
+class FrechetReference:
+    """Fixed reference moments ``N(mu, sigma)``, factored once: the distance of any number of
+    feature sets to them costs one eigendecomposition of ``sigma`` in all (evaluating
+    checkpoint after checkpoint against one ``toolkit fid-stats`` file), and a set of N <= D
+    features none at all (its covariance factor is its centred rows)."""
+
+    def __init__(self, mu: np.ndarray, sigma: np.ndarray):
+        self.mu = np.asarray(mu, np.float64).ravel()
+        if np.shape(sigma) != (self.mu.size, self.mu.size):
+            raise ValueError(f"expected a mean of length D and a (D, D) covariance; got a mean of length "
+                             f"{self.mu.size} and a covariance {np.shape(sigma)}")
+        self.factor = _factor_of_covariance(sigma)
+
+    def distance(self, features: np.ndarray) -> float:
+        """Squared Fréchet distance between the Gaussian fit of ``features`` (N, D) and the reference."""
+        x = _rows(features, "features")
+        if x.shape[1] != self.mu.size:
+            raise ValueError(f"features have dimension {x.shape[1]}, the reference {self.mu.size}")
+        # at most D rows either way; past D, a covariance and its eigendecomposition are cheaper than a QR
+        factor = _factor_of_rows(x) if len(x) <= x.shape[1] else _factor_of_covariance(np.cov(x, rowvar=False))
+        return _frechet(x.mean(axis=0), factor, self.mu, self.factor)
+
+
 def _frechet(mu_a: np.ndarray, factor_a: np.ndarray, mu_b: np.ndarray, factor_b: np.ndarray) -> float:
     """The formula, with ``S_a = factor_a^T factor_a`` and ``S_b = factor_b^T factor_b``."""
     difference = mu_a - mu_b

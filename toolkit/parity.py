@@ -32,6 +32,7 @@ import attrs
 import numpy as np
 
 from toolkit.config import Config, config_from_dict, to_dict
+from toolkit.dropout import with_dropout_seeds
 from toolkit.interfaces import Batch
 from toolkit.train import CALIBRATION_DRAWS, data_spec
 
@@ -153,6 +154,7 @@ def _inputs(config: Config, registry, spec, backend: str, batch_size: int, seed:
         schedule = registry.load("schedule", config.schedule.name, backend)(config.schedule.options)
         schedule.calibrate(draw(np.random.default_rng([seed, 4]), CALIBRATION_DRAWS, 0, spec))
         draws = schedule.apply(draws, 0, 2, rng)
+    draws = with_dropout_seeds(draws, config, seed, 0, batch_size)
     # the extra inputs an objective conditions the network on (spec.conditions), if any
     names = config.network_spec(spec).conditions
     conditions = np.random.default_rng([seed, 5]).random((batch_size, len(names))) if names else None

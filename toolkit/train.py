@@ -26,6 +26,7 @@ import numpy as np
 from toolkit.checkpoint import (checkpoint_metadata, checkpoint_path, latest_checkpoint, load_engine_arrays,
                                 prune_checkpoints, save_engine_checkpoint)
 from toolkit.config import Config, OptimizerSection, ema_decay, to_dict
+from toolkit.dropout import with_dropout_seeds
 from toolkit.errors import DivergenceError, UsageError
 from toolkit.evaluation import (as_images, draw_samples, drawable, evaluate, evaluate_nfes, evaluation_nfes,
                                 grid_size, make_sampler, picturable, prepared_metric, samples_picture,
@@ -162,6 +163,7 @@ def train(config: Config, backend: str, registry, out_dir: Path | None = None,
             draws = draw(rng, run.batch_size, step - 1, spec)
             if schedule is not None:
                 draws = schedule.apply(draws, step - 1, steps, rng)
+            draws = with_dropout_seeds(draws, config, run.seed, step, run.batch_size)
             noise = rng.standard_normal(batch.x.shape, dtype=np.float32)
             try:
                 values = engine.train_step(batch, draws, lr, noise)

@@ -7,6 +7,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from toolkit.backends.masks import DROPOUT_HASH, keep_threshold
+
 
 def sinusoidal_embedding(t, dim: int, max_period: float = 10000.0):
     """() -> (dim,): ``[cos(t f), sin(t f)]`` with ``f_i = max_period^(-i / (dim/2))``."""
@@ -16,9 +18,35 @@ def sinusoidal_embedding(t, dim: int, max_period: float = 10000.0):
     return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
 
 
-def second_time(t, r, time_inputs: str):
-    """The second time a network sees: the gap ``t - r`` or ``r`` itself."""
-    return t - r if time_inputs == "t_and_gap" else r
+def squared_error(prediction, target):
+    """(B,): each example's squared error ``||prediction - target||^2``.
+
+    In the target's precision, as the torch backend (where bf16 autocast makes the network's
+    output bfloat16).
+    """
+    return per_example_sum((prediction.astype(target.dtype) - target) ** 2)
+
+
+def _mix(h):
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(DROPOUT_HASH[1])
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(DROPOUT_HASH[2])
+    return h ^ (h >> 16)
+
+
+def dropout(h, rate: float, seed, site: int):
+    """Inverted dropout of one example's ``h``, its mask a pure function of the example's
+    integer ``seed``, the layer's ``site`` number and the element's position: the masks of the
+    torch backend (see :data:`DROPOUT_HASH`), so the two backends drop the same units and a JVP
+    sees the mask of its primal. ``seed`` None or rate 0: no dropout."""
+    if seed is None or rate == 0:
+        return h
+    base = _mix(seed.astype(jnp.uint32) + jnp.uint32(site) * jnp.uint32(DROPOUT_HASH[0]))
+    position = jnp.arange(h.size, dtype=jnp.uint32).reshape(h.shape)
+    bits = _mix((position * jnp.uint32(DROPOUT_HASH[0])) ^ base)
+    keep = (bits >> 8) < jnp.uint32(keep_threshold(rate))
+    return h * keep.astype(h.dtype) / (1 - rate)
 
 
 def per_example_sum(x):

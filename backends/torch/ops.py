@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from toolkit.backends.masks import DROPOUT_HASH, keep_threshold
+
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """(B,) -> (B, dim): ``[cos(t f), sin(t f)]`` with ``f_i = max_period^(-i / (dim/2))``."""
@@ -15,9 +17,53 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0)
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
 
 
-def second_time(t, r, time_inputs: str):
-    """The second time a network sees: the gap ``t - r`` or ``r`` itself."""
-    return t - r if time_inputs == "t_and_gap" else r
+def full_precision(like: torch.Tensor):
+    """A region that autocast does not reach, on ``like``'s device. The authors take the JVP
+    and the loss outside autocast (Gsunshine/py-meanflow at 1f6d72d,
+    meanflow/models/meanflow.py:54), so ``mixed_precision: bf16`` speeds up the prediction's
+    forward and backward only; the target, whose error is amplified by ``t - r``, stays float32."""
+    return torch.autocast(like.device.type, enabled=False)
+
+
+def squared_error(prediction, target):
+    """(B,): each example's squared error ``||prediction - target||^2``.
+
+    Under bf16 autocast the network's last layer returns bfloat16; the authors compute the
+    loss in float32 (Gsunshine/py-meanflow at 1f6d72d, meanflow/models/meanflow.py:54-65), so
+    the difference is taken in the target's precision.
+    """
+    return per_example_sum((prediction.to(target.dtype) - target) ** 2)
+
+
+_LOW32 = 0xFFFFFFFF
+
+
+def _times(h: torch.Tensor, c: int) -> torch.Tensor:
+    """``h * c mod 2^32`` for 32-bit values in int64, split so that no product overflows."""
+    return (((h & 0xFFFF) * c) + ((((h >> 16) * c) & 0xFFFF) << 16)) & _LOW32
+
+
+def _mix(h: torch.Tensor) -> torch.Tensor:
+    h = h ^ (h >> 16)
+    h = _times(h, DROPOUT_HASH[1])
+    h = h ^ (h >> 13)
+    h = _times(h, DROPOUT_HASH[2])
+    return h ^ (h >> 16)
+
+
+def dropout(h: torch.Tensor, rate: float, seed: torch.Tensor | None, site: int) -> torch.Tensor:
+    """Inverted dropout of a batch ``h`` whose masks are a pure function of each example's
+    ``seed`` (B,), the layer's ``site`` number and the element's position (see
+    :data:`DROPOUT_HASH`). So every call of a network on an example, sliced or whole, forward
+    or JVP, on any device, sees the same mask, and JAX draws the same masks. ``seed`` None (as
+    in evaluation, guidance targets and sampling) or rate 0: no dropout."""
+    if seed is None or rate == 0:
+        return h
+    base = _mix((seed.to(torch.int64) + site * DROPOUT_HASH[0]) & _LOW32)
+    position = torch.arange(h[0].numel(), device=h.device).view(h.shape[1:])
+    bits = _mix(_times(position, DROPOUT_HASH[0])[None] ^ base.view(-1, *[1] * (h.ndim - 1)))
+    keep = (bits >> 8) < keep_threshold(rate)
+    return h * keep.to(h.dtype) / (1 - rate)
 
 
 def per_example_sum(x: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,8 @@ from typing import Literal
 import attrs
 import numpy as np
 
-from toolkit.config import InvalidValue, positive
+from toolkit.conditions import TimeInputs
+from toolkit.config import InvalidValue, dropout_rate, positive
 from toolkit.hookspecs import hookimpl
 
 #: size -> (depth, width, heads), the DiT paper's table (patch 2 on 32x32x4 latents).
@@ -37,8 +38,13 @@ class DiTOptions:
     #: codes embed them (Gsunshine/meanflow models/models_dit.py:58-61, Gsunshine/py-meanflow
     #: meanflow/models/unet.py:246), with no x1000.
     time_scale: float = attrs.field(default=1.0, validator=positive)
-    time_inputs: Literal["t_and_gap", "t_and_r"] = "t_and_gap"
+    #: which times the network embeds (toolkit.conditions.TimeInputs)
+    time_inputs: TimeInputs = "t_and_gap"
     norm_eps: float = attrs.field(default=1e-6, validator=positive)
+    #: the dropout rate on each block's MLP hidden units (training steps only; masks as the
+    #: U-Net's, toolkit/backends/masks.py). The authors' DiT has none (Gsunshine/meanflow at
+    #: d70cb55, models/models_dit.py); the site is timm's ``Mlp`` dropout, a choice.
+    dropout: float = attrs.field(default=0.0, validator=dropout_rate)
 
     def __attrs_post_init__(self):
         if self.resolved_width % self.resolved_heads:
@@ -81,6 +87,7 @@ def register_backbones(register):
     tiny = {"depth": 2, "width": 32, "heads": 4, "frequency_dim": 32}
     register("dit", {"torch": "toolkit.plugins.dit.torch:DiT", "jax": "toolkit.plugins.dit.jax:DiT"},
              options=DiTOptions,
-             examples=[{"model": tiny, "data": {"name": "synthetic", "shape": [4, 8, 8], "num_classes": 8}},
+             examples=[{"model": {**tiny, "dropout": 0.25},  # MeanFlow with dropout: one mask per example
+                        "data": {"name": "synthetic", "shape": [4, 8, 8], "num_classes": 8}},
                        {"model": {**tiny, "gelu": "exact", "time_inputs": "t_and_r", "patch": 4},
                         "data": {"name": "synthetic", "shape": [3, 8, 8], "num_classes": 0}}])

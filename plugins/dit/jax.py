@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from toolkit.backends.jax.attention import attention
-from toolkit.backends.jax.ops import second_time, sinusoidal_embedding
-from toolkit.conditions import embedded_conditions
+from toolkit.backends.jax.ops import dropout, sinusoidal_embedding
+from toolkit.conditions import embedded_conditions, embedded_times, time_input_count
 from toolkit.plugins.dit import check_image_spec, position_embedding
 
 
@@ -72,16 +72,19 @@ class Block(eqx.Module):
     heads: int = eqx.field(static=True)
     approximate_gelu: bool = eqx.field(static=True)
     eps: float = eqx.field(static=True)
+    dropout_rate: float = eqx.field(static=True)
+    site: int = eqx.field(static=True)  # this block's dropout-mask number
 
-    def __init__(self, width, heads, mlp_ratio, gelu, eps, *, key):
+    def __init__(self, width, heads, mlp_ratio, gelu, eps, dropout_rate=0.0, site=0, *, key):
         keys = jax.random.split(key, 4)
         hidden = int(width * mlp_ratio)
         self.qkv, self.proj = xavier_linear(width, 3 * width, keys[0]), xavier_linear(width, width, keys[1])
         self.fc1, self.fc2 = xavier_linear(width, hidden, keys[2]), xavier_linear(hidden, width, keys[3])
         self.modulation = zero_linear(width, 6 * width)
         self.heads, self.approximate_gelu, self.eps = heads, gelu == "tanh", eps
+        self.dropout_rate, self.site = dropout_rate, site
 
-    def __call__(self, x, c):
+    def __call__(self, x, c, dropout_seed=None):
         shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(self.modulation(jax.nn.silu(c)), 6)
         n, w = x.shape
         q, k, v = tokens(self.qkv, modulate(layer_norm(x, self.eps), shift1, scale1)).reshape(n, 3, self.heads, -1) \
@@ -89,7 +92,7 @@ class Block(eqx.Module):
         x = x + gate1 * tokens(self.proj, attention(q, k, v).reshape(n, w))
         h = jax.nn.gelu(tokens(self.fc1, modulate(layer_norm(x, self.eps), shift2, scale2)),
                         approximate=self.approximate_gelu)
-        return x + gate2 * tokens(self.fc2, h)
+        return x + gate2 * tokens(self.fc2, dropout(h, self.dropout_rate, dropout_seed, self.site))
 
 
 class PatchEmbed(eqx.Module):
@@ -111,7 +114,7 @@ class PatchEmbed(eqx.Module):
 
 class DiT(eqx.Module):
     x_embedder: PatchEmbed
-    t_embedder: TimeEmbedder
+    t_embedder: TimeEmbedder | None  # None: the network sees the gap alone
     r_embedder: TimeEmbedder
     condition_embedders: list
     y_embedder: eqx.nn.Embedding | None
@@ -127,27 +130,28 @@ class DiT(eqx.Module):
         w, p, depth = options.resolved_width, options.patch, options.resolved_depth
         keys = jax.random.split(key, depth + 6)
         self.x_embedder = PatchEmbed(channels, w, p, key=keys[0])
-        self.t_embedder = TimeEmbedder(w, options.frequency_dim, options.time_scale, key=keys[1])
+        self.t_embedder = (TimeEmbedder(w, options.frequency_dim, options.time_scale, key=keys[1])
+                           if time_input_count(options.time_inputs) == 2 else None)
         self.r_embedder = TimeEmbedder(w, options.frequency_dim, options.time_scale, key=keys[2])
         self.condition_embedders = [TimeEmbedder(w, options.frequency_dim, options.time_scale, key=k)
                                     for k in jax.random.split(keys[4], len(spec.conditions))]
         self.y_embedder = (eqx.nn.Embedding(weight=0.02 * jax.random.normal(keys[3], (spec.num_classes + 1, w)))
                            if spec.conditional else None)
-        self.blocks = [Block(w, options.resolved_heads, options.mlp_ratio, options.gelu, options.norm_eps, key=k)
-                       for k in keys[6:]]
+        self.blocks = [Block(w, options.resolved_heads, options.mlp_ratio, options.gelu, options.norm_eps,
+                             options.dropout, site, key=k) for site, k in enumerate(keys[6:])]
         self.final_modulation = zero_linear(w, 2 * w)
         self.final = zero_linear(w, p * p * channels)
 
-    def __call__(self, x, t, r, y=None, conditions=None, *, key=None):
+    def __call__(self, x, t, r, y=None, conditions=None, dropout_seed=None, *, key=None):
         o, p = self.options, self.options.patch
         channels, height, width = x.shape
         h = self.x_embedder(x) + jnp.asarray(position_embedding(o.resolved_width, height // p), x.dtype)
-        c = self.t_embedder(t) + self.r_embedder(second_time(t, r, o.time_inputs))
+        c = embedded_times(self.t_embedder, self.r_embedder, t, r, o.time_inputs)
         c = c + embedded_conditions(self.condition_embedders, self.spec, conditions)
         if self.y_embedder is not None:
             c = c + self.y_embedder(self.spec.num_classes if y is None else y)
         for block in self.blocks:
-            h = block(h, c)
+            h = block(h, c, dropout_seed)
         shift, scale = jnp.split(self.final_modulation(jax.nn.silu(c)), 2)
         h = tokens(self.final, modulate(layer_norm(h, o.norm_eps), shift, scale))
         h = h.reshape(height // p, width // p, p, p, channels)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import jax
 
-from toolkit.backends.jax.ops import batched, interpolate, per_example_sum, with_null_labels
+from toolkit.backends.jax.ops import batched, interpolate, squared_error, with_null_labels
+from toolkit.dropout import dropout_arguments
 
 
 class FlowMatching:
@@ -14,10 +15,11 @@ class FlowMatching:
     def regression(self, model, x, y, draws, noise):
         t = draws["t"]
         z, v = interpolate(x, noise, t)
-        return batched(model)(z, t, t, with_null_labels(y, draws["drop"], self.spec.num_classes)), v
+        return batched(model)(z, t, t, with_null_labels(y, draws["drop"], self.spec.num_classes),
+                              **dropout_arguments(draws)), v
 
     def loss(self, model, x, y, draws, noise):
         u, v = self.regression(model, x, y, draws, noise)
-        error = per_example_sum((u - v) ** 2)
+        error = squared_error(u, v)
         weighted = error * draws["weight"] if "weight" in draws else error
         return weighted.mean(), {"mse": jax.lax.stop_gradient(error).mean()}

@@ -61,6 +61,11 @@ class HDF5Options:
     holdout: int = attrs.field(default=0, validator=non_negative)
     #: Map the stored ``value_range`` linearly onto [-1, 1]; false: the stored values, as float32.
     normalize: bool = True
+    #: Mirror each training image left to right with probability 1/2 (torchvision's
+    #: ``RandomHorizontalFlip``, the authors' CIFAR-10 augmentation: Gsunshine/py-meanflow at
+    #: 1f6d72d, meanflow/training/data_transform.py:19). The draws are a pure function of
+    #: (seed, step), so a resumed run flips as the uninterrupted one; held-out data is never flipped.
+    horizontal_flip: bool = False
     #: HDF5 chunks kept in memory. 8 (two shuffle windows) reads each chunk once per epoch.
     cache_chunks: int = attrs.field(default=8, validator=positive)
     #: Build ``path`` from this when it does not exist (any SOURCE of `toolkit data build`,
@@ -71,6 +76,7 @@ class HDF5Options:
     #: ``toolkit run --smoke`` draws random data of when the file is absent. None: anything.
     shape: tuple[int, ...] | None = attrs.field(default=None, validator=check(
         lambda s: len(s) > 0 and all(n > 0 for n in s), "positive sizes, e.g. [4, 32, 32]"))
+    #: 0 on a labelled file: train unconditionally on it, the labels unread.
     num_classes: int | None = attrs.field(default=None, validator=non_negative)
     #: The commands that make ``path``, printed when it is missing (e.g. ``toolkit data encode ...``).
     prepare: str | None = None

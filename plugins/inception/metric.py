@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from toolkit.metrics import frechet_distance, frechet_distance_from_moments, gaussian_fit
+from toolkit.metrics import FrechetReference, frechet_distance
 from toolkit.plugins.inception import FIDOptions, InceptionScoreOptions
 from toolkit.plugins.inception.network import FEATURES, load_inception
 
@@ -79,6 +79,7 @@ class FID(_InceptionMetric):
         super().__init__(options)
         self.statistics = None if options.reference is None else load_statistics(options.reference)
         self.fixed_reference = self.statistics is not None
+        self._reference = None  # the statistics, factored at the first score
 
     def features(self, images: np.ndarray) -> np.ndarray:
         return self.activations(images)[0]
@@ -89,8 +90,9 @@ class FID(_InceptionMetric):
                 raise ValueError("fid: no reference to compare with: pass reference images, or set the metric's "
                                  "reference option to a statistics file (toolkit fid-stats)")
             return frechet_distance(sample_features, reference_features)
-        mu, sigma = gaussian_fit(sample_features)
-        return frechet_distance_from_moments(mu, sigma, *self.statistics)
+        if self._reference is None:
+            self._reference = FrechetReference(*self.statistics)
+        return self._reference.distance(sample_features)
 
     def __call__(self, samples: np.ndarray, reference: np.ndarray | None = None, seed: int = 0) -> float:
         return self.score(self.features(samples), None if self.fixed_reference else self.features(reference))

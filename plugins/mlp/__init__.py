@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import attrs
 
+from toolkit.conditions import TimeInputs
 from toolkit.config import positive
 from toolkit.hookspecs import hookimpl
 
@@ -21,8 +20,8 @@ class MLPOptions:
     #: codes embed them (Gsunshine/meanflow models/models_dit.py:58-61, Gsunshine/py-meanflow
     #: meanflow/models/unet.py:246), with no x1000.
     time_scale: float = attrs.field(default=1.0, validator=positive)
-    #: the second time input: the gap ``t - r`` (the MeanFlow paper's choice) or ``r``.
-    time_inputs: Literal["t_and_gap", "t_and_r"] = "t_and_gap"
+    #: which times the network embeds (toolkit.conditions.TimeInputs)
+    time_inputs: TimeInputs = "t_and_gap"
 
     def __attrs_post_init__(self):
         if self.time_embed_dim % 2:
@@ -35,5 +34,5 @@ def register_backbones(register):
              {"torch": "toolkit.plugins.mlp.torch:MLP", "jax": "toolkit.plugins.mlp.jax:MLP"},
              options=MLPOptions,
              examples=[{"model": {"hidden": 32, "depth": 2, "time_embed_dim": 16}},
-                       {"model": {"hidden": 32, "depth": 1, "time_embed_dim": 8, "time_inputs": "t_and_r"},
+                       {"model": {"hidden": 32, "depth": 1, "time_embed_dim": 8, "time_inputs": "gap"},
                         "data": {"num_classes": 0, "shape": [3]}}])

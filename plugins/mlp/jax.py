@@ -8,8 +8,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from toolkit.backends.jax.ops import second_time, sinusoidal_embedding
-from toolkit.conditions import condition_columns
+from toolkit.backends.jax.ops import sinusoidal_embedding
+from toolkit.conditions import condition_columns, network_times, time_input_count
 
 
 class MLP(eqx.Module):
@@ -22,7 +22,7 @@ class MLP(eqx.Module):
         self.options, self.spec = options, spec
         dim = math.prod(spec.shape)
         # the data, an embedding per time and per condition, and the label's
-        width = dim + (2 + len(spec.conditions) + spec.conditional) * options.time_embed_dim
+        width = dim + (time_input_count(options.time_inputs) + len(spec.conditions) + spec.conditional) * options.time_embed_dim
         keys = jax.random.split(key, options.depth + 2)
         self.class_embedding = (eqx.nn.Embedding(spec.num_classes + 1, options.time_embed_dim, key=keys[-1])
                                 if spec.conditional else None)
@@ -32,8 +32,8 @@ class MLP(eqx.Module):
     def __call__(self, x, t, r, y=None, conditions=None, *, key=None):
         o = self.options
         parts = [x.reshape(-1),
-                 sinusoidal_embedding(t * o.time_scale, o.time_embed_dim),
-                 sinusoidal_embedding(second_time(t, r, o.time_inputs) * o.time_scale, o.time_embed_dim)]
+                 *(sinusoidal_embedding(time * o.time_scale, o.time_embed_dim)
+                   for time in network_times(t, r, o.time_inputs) if time is not None)]
         parts += [sinusoidal_embedding(column * o.time_scale, o.time_embed_dim)
                   for column in condition_columns(self.spec, conditions)]
         if self.class_embedding is not None:

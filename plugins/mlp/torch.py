@@ -7,8 +7,8 @@ import math
 import torch
 from torch import nn
 
-from toolkit.backends.torch.ops import second_time, sinusoidal_embedding
-from toolkit.conditions import condition_columns
+from toolkit.backends.torch.ops import sinusoidal_embedding
+from toolkit.conditions import condition_columns, network_times, time_input_count
 
 
 class MLP(nn.Module):
@@ -17,7 +17,7 @@ class MLP(nn.Module):
         self.options, self.spec = options, spec
         dim = math.prod(spec.shape)
         # the data, an embedding per time and per condition, and the label's
-        width = dim + (2 + len(spec.conditions) + spec.conditional) * options.time_embed_dim
+        width = dim + (time_input_count(options.time_inputs) + len(spec.conditions) + spec.conditional) * options.time_embed_dim
         if spec.conditional:  # one extra row: the null class of classifier-free guidance
             self.class_embedding = nn.Embedding(spec.num_classes + 1, options.time_embed_dim)
         sizes = [width] + [options.hidden] * options.depth + [dim]
@@ -26,8 +26,8 @@ class MLP(nn.Module):
     def forward(self, x, t, r, y=None, conditions=None):
         o = self.options
         parts = [x.flatten(1),
-                 sinusoidal_embedding(t * o.time_scale, o.time_embed_dim),
-                 sinusoidal_embedding(second_time(t, r, o.time_inputs) * o.time_scale, o.time_embed_dim)]
+                 *(sinusoidal_embedding(time * o.time_scale, o.time_embed_dim)
+                   for time in network_times(t, r, o.time_inputs) if time is not None)]
         parts += [sinusoidal_embedding(column * o.time_scale, o.time_embed_dim)
                   for column in condition_columns(self.spec, conditions)]
         if self.spec.conditional:

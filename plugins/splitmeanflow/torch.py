@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from toolkit.backends.torch.ops import (average_velocity_loss, expand, interpolate, per_example_sum,
+from toolkit.backends.torch.ops import (average_velocity_loss, expand, interpolate, squared_error,
                                         with_null_labels)
+from toolkit.dropout import dropout_arguments
 
 
 
@@ -16,7 +17,8 @@ class SplitMeanFlow:
     @torch.no_grad()
     def target(self, model, z, t, r, y, v, lam, averaged: int | None = None):
         """sg(lam u(z_s, r, s) + (1 - lam) u(z_t, s, t)), and v where r = t. Only the leading
-        ``averaged`` pairs (all by default) can have r < t and take the extra forward passes."""
+        ``averaged`` pairs (all by default) can have r < t and take the extra forward passes,
+        which run without dropout (a target, as the guidance target of MeanFlow)."""
         n = len(t) if averaged is None else averaged
         z_, t_, r_, v_, lam_ = z[:n], t[:n], r[:n], v[:n], expand(lam[:n], z)
         y_ = None if y is None else y[:n]
@@ -31,9 +33,9 @@ class SplitMeanFlow:
         z, v = interpolate(x, noise, t)
         y = with_null_labels(y, draws["drop"], self.spec.num_classes)
         u_tgt = self.target(model, z, t, r, y, v, draws["lam"], averaged=self.options.averaged(len(t)))
-        return model(z, t, r, y), u_tgt
+        return model(z, t, r, y, **dropout_arguments(draws)), u_tgt
 
     def loss(self, model, x, y, draws, noise):
         u, u_tgt = self.regression(model, x, y, draws, noise)
-        error = per_example_sum((u - u_tgt) ** 2)
+        error = squared_error(u, u_tgt)
         return average_velocity_loss(error, draws, self.options.weight_power, self.options.weight_eps)

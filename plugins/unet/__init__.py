@@ -31,8 +31,11 @@ Differences from EDM's SongUNet (DDPM++ configuration):
 * two time embedders (t and t - r) instead of one noise-level embedder, and a learned
   class embedding added after them instead of a one-hot linear map before the MLP;
 * no augmentation label (EDM's ``augment_dim``): this toolkit does no augmentation;
-* no dropout: it would make the output depend on a random draw, which the two backends do
-  not share, and break the cross-backend comparison of outputs, JVPs and gradients;
+* dropout (``dropout``, before each block's second conv, as EDM and the authors' CIFAR-10 U-Net,
+  Gsunshine/py-meanflow at 1f6d72d, meanflow/models/unet.py:213) draws its masks from a hash of
+  per-example seeds (``toolkit/backends/masks.py``), not the framework's generator, so the
+  prediction and the JVP see one mask and the two backends agree; it is off by default here
+  (EDM's default is 0.10; the authors train CIFAR-10 with 0.2);
 * the zero-initialised layers (each block's second conv, the attention projection and the
   output conv) are exactly zero, not EDM's 1e-5 Xavier scale, so an untrained model
   outputs 0; every other weight is Xavier-uniform with zero biases, as in EDM, the
@@ -50,7 +53,8 @@ from typing import Literal
 
 import attrs
 
-from toolkit.config import InvalidValue, check, positive
+from toolkit.conditions import TimeInputs
+from toolkit.config import InvalidValue, check, dropout_rate, positive
 from toolkit.hookspecs import hookimpl
 
 #: the conditioning width, in multiples of ``channels`` (EDM's ``channel_mult_emb``).
@@ -81,7 +85,10 @@ class UNetOptions:
     #: codes embed them (Gsunshine/meanflow models/models_dit.py:58-61, Gsunshine/py-meanflow
     #: meanflow/models/unet.py:246), with no x1000.
     time_scale: float = attrs.field(default=1.0, validator=positive)
-    time_inputs: Literal["t_and_gap", "t_and_r"] = "t_and_gap"
+    #: which times the network embeds (toolkit.conditions.TimeInputs)
+    time_inputs: TimeInputs = "t_and_gap"
+    #: the dropout rate before each block's second conv (training steps only).
+    dropout: float = attrs.field(default=0.0, validator=dropout_rate)
 
     def __attrs_post_init__(self):
         if not self.channel_mult:
@@ -155,6 +162,6 @@ def register_backbones(register):
              # 78 s, against 41 s now (the MeanFlow loss is held to parity on the MLP and DiT
              # examples).
              examples=[{"model": {"channels": 8, "channel_mult": [1, 1], "blocks": 1,
-                                  "attention_resolutions": [4], "groups": 4},
+                                  "attention_resolutions": [4], "groups": 4, "dropout": 0.25},
                         "data": {"name": "synthetic", "shape": [3, 8, 8], "num_classes": 4},
                         "objective": {"name": "flow_matching", "label_dropout": 0.25}}])

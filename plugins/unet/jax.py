@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 
 from toolkit.backends.jax.attention import attention
-from toolkit.backends.jax.ops import second_time, sinusoidal_embedding
-from toolkit.conditions import embedded_conditions
+from toolkit.backends.jax.ops import dropout, sinusoidal_embedding
+from toolkit.conditions import embedded_conditions, embedded_times, time_input_count
 from toolkit.plugins.unet import EMBED_MULT, SKIP_SCALE, check_image_spec, layout
 
 
@@ -77,10 +77,13 @@ class Block(eqx.Module):
     proj: eqx.nn.Conv2d | None
     resample: str | None = eqx.field(static=True)
     heads: int = eqx.field(static=True)
+    dropout_rate: float = eqx.field(static=True)
+    site: int = eqx.field(static=True)  # this block's dropout-mask number
 
-    def __init__(self, b, embed_dim, heads, groups, eps, *, key):
+    def __init__(self, b, embed_dim, heads, groups, eps, dropout_rate=0.0, site=0, *, key):
         keys = jax.random.split(key, 4)
         self.resample, self.heads = b.resample, heads
+        self.dropout_rate, self.site = dropout_rate, site
         self.norm0, self.conv0 = eqx.nn.GroupNorm(groups, b.cin, eps), conv(b.cin, b.cout, 3, keys[0])
         self.affine = linear(embed_dim, 2 * b.cout, keys[1])
         self.norm1, self.conv1 = eqx.nn.GroupNorm(groups, b.cout, eps), conv(b.cout, b.cout, 3, keys[0], gain=0)
@@ -92,10 +95,11 @@ class Block(eqx.Module):
         else:
             self.norm2 = self.qkv = self.proj = None
 
-    def __call__(self, x, c):
+    def __call__(self, x, c, dropout_seed=None):
         h = self.conv0(resample(jax.nn.silu(self.norm0(x)), self.resample))
         scale, shift = jnp.split(self.affine(c)[:, None, None], 2)
-        h = self.conv1(jax.nn.silu(self.norm1(h) * (1 + scale) + shift))
+        h = jax.nn.silu(self.norm1(h) * (1 + scale) + shift)
+        h = self.conv1(dropout(h, self.dropout_rate, dropout_seed, self.site))
         x = resample(x, self.resample)
         x = (h + (x if self.skip is None else self.skip(x))) * SKIP_SCALE
         if self.qkv is None:
@@ -108,7 +112,7 @@ class Block(eqx.Module):
 
 
 class UNet(eqx.Module):
-    t_embedder: TimeEmbedder
+    t_embedder: TimeEmbedder | None  # None: the network sees the gap alone
     r_embedder: TimeEmbedder
     condition_embedders: list
     y_embedder: eqx.nn.Embedding | None
@@ -127,22 +131,25 @@ class UNet(eqx.Module):
         o, embed_dim = options, EMBED_MULT * options.channels
         encoder, middle, decoder = layout(options, spec)
         keys = iter(jax.random.split(key, 4 + len(encoder) + len(middle) + len(decoder)))
-        self.t_embedder = TimeEmbedder(embed_dim, o.resolved_frequency_dim, o.time_scale, key=next(keys))
+        t_key = next(keys)  # drawn either way, so the other weights do not depend on time_inputs
+        self.t_embedder = (TimeEmbedder(embed_dim, o.resolved_frequency_dim, o.time_scale, key=t_key)
+                           if time_input_count(o.time_inputs) == 2 else None)
         self.r_embedder = TimeEmbedder(embed_dim, o.resolved_frequency_dim, o.time_scale, key=next(keys))
         self.condition_embedders = [TimeEmbedder(embed_dim, o.resolved_frequency_dim, o.time_scale, key=k)
                                     for k in jax.random.split(jax.random.fold_in(key, 1), len(spec.conditions))]
         self.y_embedder = (eqx.nn.Embedding(weight=xavier(next(keys), (spec.num_classes + 1, embed_dim)))
                            if spec.conditional else None)
         self.conv_in = conv(channels, o.channels, 3, next(keys))
+        sites = iter(range(len(encoder) + len(middle) + len(decoder)))
         self.encoder, self.middle, self.decoder = (
-            [Block(b, embed_dim, o.heads, o.groups, o.norm_eps, key=next(keys)) for b in blocks]
+            [Block(b, embed_dim, o.heads, o.groups, o.norm_eps, o.dropout, next(sites), key=next(keys)) for b in blocks]
             for blocks in (encoder, middle, decoder))
         self.norm_out = eqx.nn.GroupNorm(o.groups, decoder[-1].cout, o.norm_eps)
         self.conv_out = conv(decoder[-1].cout, channels, 3, key, gain=0)
 
-    def __call__(self, x, t, r, y=None, conditions=None, *, key=None):
+    def __call__(self, x, t, r, y=None, conditions=None, dropout_seed=None, *, key=None):
         o = self.options
-        c = self.t_embedder(t) + self.r_embedder(second_time(t, r, o.time_inputs))
+        c = embedded_times(self.t_embedder, self.r_embedder, t, r, o.time_inputs)
         c = c + embedded_conditions(self.condition_embedders, self.spec, conditions)
         if self.y_embedder is not None:
             c = c + self.y_embedder(self.spec.num_classes if y is None else y)
@@ -150,10 +157,10 @@ class UNet(eqx.Module):
         h = self.conv_in(x)
         skips = [h]
         for block in self.encoder:
-            h = block(h, c)
+            h = block(h, c, dropout_seed)
             skips.append(h)
         for block in self.middle:
-            h = block(h, c)
+            h = block(h, c, dropout_seed)
         for block in self.decoder:  # an upsampling block only resizes; the others take a skip each
-            h = block(h if block.resample == "up" else jnp.concatenate([h, skips.pop()]), c)
+            h = block(h if block.resample == "up" else jnp.concatenate([h, skips.pop()]), c, dropout_seed)
         return self.conv_out(jax.nn.silu(self.norm_out(h)))

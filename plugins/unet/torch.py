@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from toolkit.backends.torch.attention import attention
-from toolkit.backends.torch.ops import second_time, sinusoidal_embedding
-from toolkit.conditions import embedded_conditions
+from toolkit.backends.torch.ops import dropout, sinusoidal_embedding
+from toolkit.conditions import embedded_conditions, embedded_times, time_input_count
 from toolkit.plugins.unet import EMBED_MULT, SKIP_SCALE, check_image_spec, layout
 
 
@@ -52,9 +52,10 @@ class Block(nn.Module):
     """A residual block (EDM's UNetBlock), resampling between its norm and first conv, with
     optional self-attention after it."""
 
-    def __init__(self, b, embed_dim, heads, groups, eps):
+    def __init__(self, b, embed_dim, heads, groups, eps, dropout_rate=0.0, site=0):
         super().__init__()
         self.resample, self.heads = b.resample, heads
+        self.dropout_rate, self.site = dropout_rate, site  # site: this block's dropout-mask number
         self.norm0, self.conv0 = nn.GroupNorm(groups, b.cin, eps), conv(b.cin, b.cout, 3)
         self.affine = linear(embed_dim, 2 * b.cout)
         self.norm1, self.conv1 = nn.GroupNorm(groups, b.cout, eps), conv(b.cout, b.cout, 3, gain=0)
@@ -65,10 +66,11 @@ class Block(nn.Module):
         else:
             self.norm2 = self.qkv = self.proj = None
 
-    def forward(self, x, c):
+    def forward(self, x, c, dropout_seed=None):
         h = self.conv0(resample(nn.functional.silu(self.norm0(x)), self.resample))
         scale, shift = self.affine(c)[:, :, None, None].chunk(2, dim=1)
-        h = self.conv1(nn.functional.silu(self.norm1(h) * (1 + scale) + shift))
+        h = nn.functional.silu(self.norm1(h) * (1 + scale) + shift)
+        h = self.conv1(dropout(h, self.dropout_rate, dropout_seed, self.site))
         x = resample(x, self.resample)
         x = (h + (x if self.skip is None else self.skip(x))) * SKIP_SCALE
         if self.qkv is None:
@@ -86,7 +88,8 @@ class UNet(nn.Module):
         self.options, self.spec = options, spec
         channels, _, _ = check_image_spec(options, spec)
         o, embed_dim = options, EMBED_MULT * options.channels
-        self.t_embedder = TimeEmbedder(embed_dim, o.resolved_frequency_dim, o.time_scale)
+        self.t_embedder = (TimeEmbedder(embed_dim, o.resolved_frequency_dim, o.time_scale)
+                           if time_input_count(o.time_inputs) == 2 else None)
         self.r_embedder = TimeEmbedder(embed_dim, o.resolved_frequency_dim, o.time_scale)
         self.condition_embedders = nn.ModuleList(TimeEmbedder(embed_dim, o.resolved_frequency_dim, o.time_scale)
                                                  for _ in spec.conditions)
@@ -95,15 +98,16 @@ class UNet(nn.Module):
             nn.init.xavier_uniform_(self.y_embedder.weight)
         self.conv_in = conv(channels, o.channels, 3)
         encoder, middle, decoder = layout(options, spec)
+        sites = iter(range(len(encoder) + len(middle) + len(decoder)))
         self.encoder, self.middle, self.decoder = (
-            nn.ModuleList(Block(b, embed_dim, o.heads, o.groups, o.norm_eps) for b in blocks)
+            nn.ModuleList(Block(b, embed_dim, o.heads, o.groups, o.norm_eps, o.dropout, next(sites)) for b in blocks)
             for blocks in (encoder, middle, decoder))
         self.norm_out = nn.GroupNorm(o.groups, decoder[-1].cout, o.norm_eps)
         self.conv_out = conv(decoder[-1].cout, channels, 3, gain=0)
 
-    def forward(self, x, t, r, y=None, conditions=None):
+    def forward(self, x, t, r, y=None, conditions=None, dropout_seed=None):
         o = self.options
-        c = self.t_embedder(t) + self.r_embedder(second_time(t, r, o.time_inputs))
+        c = embedded_times(self.t_embedder, self.r_embedder, t, r, o.time_inputs)
         c = c + embedded_conditions(self.condition_embedders, self.spec, conditions)
         if self.spec.conditional:
             c = c + self.y_embedder(torch.full_like(t, self.spec.num_classes, dtype=torch.long) if y is None else y)
@@ -111,10 +115,10 @@ class UNet(nn.Module):
         h = self.conv_in(x)
         skips = [h]
         for block in self.encoder:
-            h = block(h, c)
+            h = block(h, c, dropout_seed)
             skips.append(h)
         for block in self.middle:
-            h = block(h, c)
+            h = block(h, c, dropout_seed)
         for block in self.decoder:  # an upsampling block only resizes; the others take a skip each
-            h = block(h if block.resample == "up" else torch.cat([h, skips.pop()], dim=1), c)
+            h = block(h if block.resample == "up" else torch.cat([h, skips.pop()], dim=1), c, dropout_seed)
         return self.conv_out(nn.functional.silu(self.norm_out(h)))

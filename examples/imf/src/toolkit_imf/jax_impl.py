@@ -5,8 +5,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from toolkit.backends.jax.ops import (average_velocity_loss, batched, expand, interpolate, per_example_sum,
+from toolkit.backends.jax.ops import (average_velocity_loss, batched, expand, interpolate, squared_error,
                                       with_null_labels)
+from toolkit.dropout import dropout_arguments
 
 
 class ImprovedMeanFlow:
@@ -40,16 +41,18 @@ class ImprovedMeanFlow:
             target = v + expand(scale, v) * (v_model - v_null)
         v_model, target = jax.lax.stop_gradient((v_model, target))
         if n == 0:
-            return batched(model)(z, t, r, y, own), target
+            return batched(model)(z, t, r, y, own, **dropout_arguments(draws)), target
         # the JVP's primal output is the prediction itself (with its gradient); the derivative is not
-        u, dudt = jax.jvp(lambda z_, t_, r_: batched(model)(z_, t_, r_, head(y), head(own)), (z[:n], t[:n], r[:n]),
+        seeds = dropout_arguments(draws, slice(0, n))
+        u, dudt = jax.jvp(lambda z_, t_, r_: batched(model)(z_, t_, r_, head(y), head(own), **seeds), (z[:n], t[:n], r[:n]),
                           (v_model[:n], jnp.ones_like(t[:n]), jnp.zeros_like(r[:n])))
         prediction = u + expand(t[:n] - r[:n], v) * jax.lax.stop_gradient(dudt)
         if n < len(t):
-            prediction = jnp.concatenate([prediction, batched(model)(z[n:], t[n:], r[n:], tail(y), tail(own))])
+            prediction = jnp.concatenate([prediction, batched(model)(z[n:], t[n:], r[n:], tail(y), tail(own),
+                                                                   **dropout_arguments(draws, slice(n, None)))])
         return prediction, target
 
     def loss(self, model, x, y, draws, noise):
         prediction, target = self.regression(model, x, y, draws, noise)
-        error = per_example_sum((prediction - target) ** 2)
+        error = squared_error(prediction, target)
         return average_velocity_loss(error, draws, self.options.weight_power, self.options.weight_eps)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 from toolkit.backends.torch.jvp import jvp
-from toolkit.backends.torch.ops import average_velocity_loss, expand, interpolate, per_example_sum, with_null_labels
+from toolkit.backends.torch.ops import (average_velocity_loss, expand, full_precision, interpolate, squared_error,
+                                        with_null_labels)
+from toolkit.dropout import dropout_arguments
 
 
 class ImprovedMeanFlow:
@@ -39,17 +41,18 @@ class ImprovedMeanFlow:
                 v_model = model(z, t, t, y, tangent)
                 v_null = model(z, t, t, torch.full_like(y, self.spec.num_classes), null)
                 target = v + expand(scale, v) * (v_model - v_null)
-        u = model(z, t, r, y, own)
+        u = model(z, t, r, y, own, **dropout_arguments(draws))
         if n == 0:
             return u, target
         head = lambda a: None if a is None else a[:n]  # noqa: E731
-        with torch.no_grad():
-            _, dudt = jvp(lambda z_, t_, r_: model(z_, t_, r_, head(y), head(own)), (z[:n], t[:n], r[:n]),
+        seeds = dropout_arguments(draws, slice(0, n))  # the prediction's masks (toolkit.dropout)
+        with torch.no_grad(), full_precision(z):
+            _, dudt = jvp(lambda z_, t_, r_: model(z_, t_, r_, head(y), head(own), **seeds), (z[:n], t[:n], r[:n]),
                           (v_model[:n], torch.ones_like(t[:n]), torch.zeros_like(r[:n])))
         step = torch.cat([expand(t[:n] - r[:n], v) * dudt, torch.zeros_like(v[n:])])
         return u + step, target
 
     def loss(self, model, x, y, draws, noise):
         prediction, target = self.regression(model, x, y, draws, noise)
-        error = per_example_sum((prediction - target) ** 2)
+        error = squared_error(prediction, target)
         return average_velocity_loss(error, draws, self.options.weight_power, self.options.weight_eps)
