@@ -232,6 +232,17 @@ def test_cifar10_archives_that_are_not_name_what_is_wrong(tmp_path, capsys):
                                  f"data_batch_2.bin, data_batch_3.bin, data_batch_4.bin, data_batch_5.bin, "
                                  f"test_batch.bin; expected the CIFAR-10 binary archive (cifar-10-batches-bin/"
                                  f"data_batch_1.bin .. data_batch_5.bin, test_batch.bin)\n")
+    import io
+
+    with tarfile.open(tmp_path / "short.tar.gz", "w:gz") as archive:  # a record cut short
+        for name in [*(f"data_batch_{i}.bin" for i in range(1, 6)), "test_batch.bin"]:
+            data = bytes(3073 * 2 - (100 if name == "data_batch_3.bin" else 0))
+            info = tarfile.TarInfo(f"cifar-10-batches-bin/{name}")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    code, _, err = run_cli(capsys, "data", "build", tmp_path / "short.tar.gz", "--out", out)
+    assert code == 1 and err == (f"toolkit: error: {tmp_path / 'short.tar.gz'}: data_batch_3.bin holds 6046 bytes; "
+                                 f"expected whole records of 3073 bytes (a label byte and a 3x32x32 image)\n")
     (tmp_path / "broken.tar.gz").write_bytes(b"not an archive")
     code, _, err = run_cli(capsys, "data", "build", tmp_path / "broken.tar.gz", "--out", out)
     assert code == 1 and "not a readable .tar.gz archive" in err

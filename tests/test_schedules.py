@@ -116,3 +116,41 @@ def test_the_curriculum_keeps_the_layout_of_the_draws(mode):
         d = draws_at(schedule, step, n=512)
         k = OBJECTIVE.averaged(512)
         assert (d["r"][k:] == d["t"][k:]).all() and (d["r"][:k] < d["t"][:k]).all()
+
+
+def test_min_snr_weights_the_r_equals_t_pairs_by_the_derived_alpha():
+    """alpha(t) = min((1 - t)^2, gamma t^2), normalised to mean 1 over the objective's t: the
+    Min-SNR weight of the data-space error, written on the velocity error (x = z - t v)."""
+    schedule = curriculum(v_formation="min_snr", gap_weighting=False)
+    d = draws_at(schedule, 0)
+    diagonal = d["r"] == d["t"]
+    t = d["t"][diagonal]
+    alpha = np.minimum((1 - t) ** 2, 5.0 * t ** 2)
+    np.testing.assert_allclose(d["weight"][diagonal], alpha / schedule.alpha_mean, rtol=1e-12)
+    assert d["weight"][diagonal].mean() == pytest.approx(1.0, rel=0.02)
+    assert (d["weight"][~diagonal] == 1.0).all()  # (b) off: the r < t pairs keep weight 1
+    # the same weight from the data-space error: min(SNR, gamma) ||x_hat - x||^2, x_hat - x = -t (v_hat - v)
+    snr = ((1 - t) / t) ** 2
+    np.testing.assert_allclose(alpha, np.minimum(snr, 5.0) * t ** 2, rtol=1e-12)
+    both = draws_at(curriculum(v_formation="min_snr"), 0)  # with (b): beta on r < t, alpha on r = t
+    averaged = both["r"] < both["t"]
+    np.testing.assert_allclose(both["weight"][averaged], schedule.gap_weight((both["t"] - both["r"])[averaged], 1.0))
+
+
+def test_dtd_releases_the_r_equals_t_times_from_easy_to_hard():
+    """DTD: stage k draws the r = t times from the k of 10 clusters nearest t = 1 (mostly noise),
+    the stages evenly over the first half of the schedule; then the objective's own draws."""
+    schedule = curriculum(v_formation="dtd", gap_weighting=False, dtd_clusters=10, dtd_fraction=0.5)
+    for step, stage in [(0, 1), (T // 4, 6)]:
+        assert schedule.dtd_stage(step, T) == stage
+        d = draws_at(schedule, step)
+        diagonal = d["r"] == d["t"]
+        boundary = np.quantile(schedule.v_pool, 1 - stage / 10)  # the hardest released cluster's lower edge
+        assert boundary - 1e-3 <= d["t"][diagonal].min() <= boundary + 1e-2 and "weight" not in d
+    late = draws_at(schedule, T // 2)
+    plain = OBJECTIVE.draw(np.random.default_rng(1), 2**17, T // 2, SPEC)
+    np.testing.assert_array_equal(late["t"], plain["t"])  # every cluster released: the draws are the objective's
+    early = draws_at(schedule, 0)
+    np.testing.assert_array_equal(early["t"][early["r"] < early["t"]], plain["t"][plain["r"] < plain["t"]])
+    with pytest.raises(Exception, match="v_time"):
+        MeanFlowCurriculumOptions(v_formation="dtd", v_time=TimeDistribution())

@@ -65,3 +65,32 @@ def test_compiled_loss_is_one_graph_with_the_eager_numbers():
     assert compiled.item() == pytest.approx(eager[0], rel=1e-10)
     for a, b in zip(compiled_grads, eager[1]):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_under_bf16_autocast_the_target_stays_float32(joint):
+    """mixed_precision: bf16 autocasts the prediction only: the target's JVP and the loss run in
+    float32, as the authors' code (its meanflow.py:54). torch-only: JAX has no autocast."""
+    from toolkit.backends.torch.ops import squared_error
+    from toolkit.plugins.dit import DiTOptions
+
+    torch.manual_seed(0)
+    spec = DataSpec((4, 8, 8))
+    model = build_backbone("torch", "dit", DiTOptions(depth=2, width=64, heads=4), spec).float()
+    with torch.no_grad():  # off adaLN-Zero's zero output
+        for parameter in model.parameters():
+            parameter.add_(0.02 * torch.randn_like(parameter))
+    rng = np.random.default_rng(0)
+    z, v = (torch.from_numpy(rng.standard_normal((16, *spec.shape)).astype(np.float32)) for _ in range(2))
+    t = torch.from_numpy(rng.uniform(0.1, 1.0, 16).astype(np.float32))
+    r = t * torch.from_numpy(rng.random(16).astype(np.float32))
+    mf = MeanFlow(MeanFlowOptions(ratio=1.0), spec)
+    u32, target32 = (a.detach() for a in mf.target(model, z, t, r, None, v, joint=joint))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        u16, target16 = (a.detach() for a in mf.target(model, z, t, r, None, v, joint=joint))
+        error = squared_error(u16, target16)
+    relative = lambda a, b: float((a.float() - b).norm() / b.norm())  # noqa: E731
+    assert error.dtype == torch.float32
+    if not joint:  # the eager prediction is autocast; the joint one comes from the float32 JVP
+        assert relative(u16, u32) > 1e-4
+    assert relative(target16, target32) < 1e-6  # bf16 in the JVP: about 2e-4 (benchmarks/bf16_target.py)

@@ -162,6 +162,6 @@ def register_backbones(register):
              # 78 s, against 41 s now (the MeanFlow loss is held to parity on the MLP and DiT
              # examples).
              examples=[{"model": {"channels": 8, "channel_mult": [1, 1], "blocks": 1,
-                                  "attention_resolutions": [4], "groups": 4, "dropout": 0.25},
+                                  "attention_resolutions": [4], "groups": 4},
                         "data": {"name": "synthetic", "shape": [3, 8, 8], "num_classes": 4},
                         "objective": {"name": "flow_matching", "label_dropout": 0.25}}])
