@@ -13,7 +13,6 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
         os.environ.setdefault(_name, _threads)
 
 import importlib
-import importlib.util
 import shutil
 import sys
 import tempfile
@@ -35,21 +34,26 @@ XLA_CACHE = pytest.StashKey[Path]()
 
 
 def pytest_configure(config):
-    """XLA programs go to a compilation cache on disk for the length of the run, so a program
-    compiled by one test (the same config's step, the same eager operation on the same shape) is
-    read back instead of compiled again by the next: engines are rebuilt in almost every test,
-    and compilation is most of JAX's time here (a float32 parity run of a paper config: 51 s
-    with an empty cache, 28 s with the programs of an earlier one). Every program is kept,
-    however fast it compiled. Set before anything compiles (JAX decides once per process whether
-    it has a cache); the key covers the XLA flags, so a process on other flags (the
-    instruction-set run of the parity tests) compiles its own."""
-    if importlib.util.find_spec("jax") is None:
-        return
-    import jax
+    """XLA programs go to one compilation cache on disk for the length of the run, shared by the
+    pytest-xdist workers and every process the tests start (through JAX's environment
+    variables), so a program compiled once (the same config's step, the same eager operation on
+    the same shape) is read back instead of compiled again: engines are rebuilt in almost every
+    test, and compilation is most of JAX's time here (a float32 parity run of a paper config:
+    51 s with an empty cache, 28 s with the programs of an earlier one). Every program is kept,
+    however fast it compiled. A size limit turns on JAX's file lock, so that one process never
+    reads another's half-written entry. The key covers the XLA flags, so a process on other
+    flags (the instruction-set run of the parity tests) compiles its own."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:  # the run's first process: its owner
+        cache = tempfile.mkdtemp(prefix="toolkit-tests-xla-cache-")
+        config.stash[XLA_CACHE] = Path(cache)
+        os.environ.update({"JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                           "JAX_COMPILATION_CACHE_MAX_SIZE": str(64 * 2**30)})
+    if "jax" in sys.modules:  # JAX reads its environment once, at import
+        import jax
 
-    config.stash[XLA_CACHE] = Path(tempfile.mkdtemp(prefix="toolkit-tests-xla-cache-"))
-    jax.config.update("jax_compilation_cache_dir", str(config.stash[XLA_CACHE]))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_compilation_cache_max_size", int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]))
 
 
 def pytest_unconfigure(config):

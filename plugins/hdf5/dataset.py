@@ -80,9 +80,6 @@ class HDF5Dataset:
         self.num_train, self.held_out = self._split_training(info, options.holdout)
         self.block_rows = info.train.chunk_rows
         self.num_blocks = -(-self.num_train // self.block_rows)
-        lo, hi = info.value_range
-        # stored value v -> 2 (v - lo) / (hi - lo) - 1, applied in float32 to each batch
-        self._gain, self._offset = 2.0 / (hi - lo), -2.0 * lo / (hi - lo) - 1.0
 
     def _split_training(self, info: FileInfo, holdout: int) -> tuple[int, tuple[Split, int, int]]:
         """``(training rows, (split, first row, count) of the held-out examples)``."""
@@ -168,11 +165,7 @@ class HDF5Dataset:
         return data
 
     def _convert(self, x: np.ndarray) -> np.ndarray:
-        x = x.astype(np.float32)
-        if self.options.normalize:
-            x *= np.float32(self._gain)
-            x += np.float32(self._offset)
-        return x
+        return self.info.to_model_range(x) if self.options.normalize else x.astype(np.float32)
 
     # -- the order ------------------------------------------------------------------------------
 

@@ -69,6 +69,14 @@ class FileInfo:
     def labelled(self) -> bool:
         return self.train.y is not None
 
+    def to_model_range(self, x: np.ndarray) -> np.ndarray:
+        """Stored values in float32, ``value_range`` mapped onto [-1, 1] (the models' data range)."""
+        lo, hi = self.value_range
+        x = x.astype(np.float32)
+        x *= np.float32(2.0 / (hi - lo))
+        x += np.float32(-2.0 * lo / (hi - lo) - 1.0)
+        return x
+
 
 @contextlib.contextmanager
 def open_file(path: str | os.PathLike) -> Iterator[h5py.File]:

@@ -93,13 +93,11 @@ def _dataset_reader(path: Path, resolution: int, limit, seed: int, batch_size: i
         raise UsageError(f"{path}: examples of shape {info.shape}; expected images (1 or 3 channels, height, "
                          f"width). For latents, give the folder of the images they were encoded from")
     rows = _subset(info.train.count, limit, seed)
-    low, high = info.value_range
 
     def batches():
         with open_file(path) as handle:
             for start in range(0, len(rows), batch_size):
-                x = handle[info.train.x][rows[start:start + batch_size]].astype(np.float32)
-                yield 2 * (x - np.float32(low)) / np.float32(high - low) - 1
+                yield info.to_model_range(handle[info.train.x][rows[start:start + batch_size]])
 
     size = "x".join(str(n) for n in info.shape[1:])
     return len(rows), batches(), f"{path} (its training split, {size} as stored)"

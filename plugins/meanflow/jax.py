@@ -35,12 +35,12 @@ class MeanFlow:
         tail = lambda a: None if a is None else a[n:]  # noqa: E731
         if n == 0:
             return batched(model)(z, t, r, y, **dropout_arguments(draws)), v
-        u, dudt = jax.jvp(lambda z_, t_, r_: batched(model)(z_, t_, r_, head(y), **dropout_arguments(draws, slice(0, n))),
+        head_masks, tail_masks = dropout_arguments(draws, slice(0, n)), dropout_arguments(draws, slice(n, None))
+        u, dudt = jax.jvp(lambda z_, t_, r_: batched(model)(z_, t_, r_, head(y), **head_masks),
                           (z[:n], t[:n], r[:n]), (v[:n], jnp.ones_like(t[:n]), jnp.zeros_like(r[:n])))
         target = v[:n] - expand(t[:n] - r[:n], v) * dudt
         if n < len(t):
-            u = jnp.concatenate([u, batched(model)(z[n:], t[n:], r[n:], tail(y),
-                                                   **dropout_arguments(draws, slice(n, None)))])
+            u = jnp.concatenate([u, batched(model)(z[n:], t[n:], r[n:], tail(y), **tail_masks)])
             target = jnp.concatenate([target, v[n:]])
         return u, jax.lax.stop_gradient(target)
 

@@ -51,7 +51,8 @@ class MeanFlow:
         n = len(t) if averaged is None else averaged
         head = lambda a: None if a is None else a[:n]  # noqa: E731
         tail = lambda a: None if a is None else a[n:]  # noqa: E731
-        fn = lambda z_, t_, r_: model(z_, t_, r_, head(y), **dropout_arguments(draws, slice(0, n)))  # noqa: E731
+        head_masks, tail_masks = dropout_arguments(draws, slice(0, n)), dropout_arguments(draws, slice(n, None))
+        fn = lambda z_, t_, r_: model(z_, t_, r_, head(y), **head_masks)  # noqa: E731
         tangents = (v[:n], torch.ones_like(t[:n]), torch.zeros_like(r[:n]))
         if joint is None:
             joint = torch.compiler.is_compiling() or has_framework_dropout(model)
@@ -59,7 +60,7 @@ class MeanFlow:
             with full_precision(z):
                 u, dudt = jvp(fn, (z[:n], t[:n], r[:n]), tangents)
             if n < len(t):
-                u = torch.cat([u, model(z[n:], t[n:], r[n:], tail(y), **dropout_arguments(draws, slice(n, None)))])
+                u = torch.cat([u, model(z[n:], t[n:], r[n:], tail(y), **tail_masks)])
             return u, torch.cat([(v[:n] - expand(t[:n] - r[:n], v) * dudt).detach(), v[n:]])
         u = model(z, t, r, y, **dropout_arguments(draws))
         if n == 0:

@@ -152,12 +152,14 @@ class MeanFlowCurriculum:
             stage = self.dtd_stage(step, total_steps)
             if stage < o.dtd_clusters:  # once every cluster is released, the objective's own draws stand
                 t[on_diagonal] = r[on_diagonal] = self.dtd_times(int(on_diagonal.sum()), stage, rng)
-        weight = np.ones_like(t)
-        if o.v_formation == "min_snr":
-            weight = np.where(on_diagonal, self.alpha(t), weight)
-        if o.mode == "weight" and o.gap_weighting:
-            weight = np.where(averaged, self.gap_weight(t - r, s), weight)
-        if o.v_formation == "min_snr" or (o.mode == "weight" and o.gap_weighting):
+        weight_diagonal = o.v_formation == "min_snr"
+        weight_gaps = o.mode == "weight" and o.gap_weighting
+        if weight_diagonal or weight_gaps:
+            weight = np.ones_like(t)
+            if weight_diagonal:
+                weight = np.where(on_diagonal, self.alpha(t), weight)
+            if weight_gaps:
+                weight = np.where(averaged, self.gap_weight(t - r, s), weight)
             draws["weight"] = weight
         if o.mode == "resample" and o.gap_weighting:
             chance = self.gap_weight(self.pool_t - self.pool_r, s)
