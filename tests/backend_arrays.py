@@ -41,11 +41,11 @@ def build_backbone(backend: str, name: str, options, spec, seed: int = 0):
 
         torch.manual_seed(seed)
         return cls(options, spec).double()
+    import equinox as eqx
     import jax
 
-    from toolkit.backends.jax.weights import build_backbone as build_jax_backbone
-
-    return build_jax_backbone(cls, options, spec, jax.random.PRNGKey(seed), "float64")
+    model = cls(options, spec, key=jax.random.PRNGKey(seed))
+    return jax.tree_util.tree_map(lambda a: a.astype("float64") if eqx.is_inexact_array(a) else a, model)
 
 
 def call_backbone(backend: str, model, x, t, r, y=None):

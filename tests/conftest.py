@@ -12,6 +12,14 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_name, _threads)
 
+# XLA compiles at LLVM's lowest optimisation level in the tests: compiling is most of JAX's time
+# here, and level 0 took a quarter off the compile-bound tests (tests/test_parity.py,
+# test_backbones.py, test_unet.py: 120 s -> 90 s) for a quarter more on the few long training
+# runs. The float32 parity tests run again at XLA's default level (3), in the instruction-set run
+# of tests/test_parity_harness.py (it sets XLA_FLAGS itself).
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+
 import importlib
 import shutil
 import sys

@@ -71,13 +71,6 @@ def test_same_seed_gives_the_same_loss_curve(backend, tmp_path):
     assert [e.value for e in read_events(tmp_path / "c").Scalars("train/loss")] != curves[0]
 
 
-def test_learns_the_toy_distribution(backend, tmp_path):
-    results = toy_run(backend, tmp_path, "data.name=eight_gaussians", "run.steps=1500", "model.hidden=256",
-                      "optimizer.warmup_steps=100", "eval.num_samples=8000")
-    assert results["sliced_wasserstein"] < 0.25 * results["sliced_wasserstein_of_noise"], results
-    assert results["sliced_wasserstein"] < 2.0 * results["sliced_wasserstein_of_training_data"], results
-
-
 @pytest.mark.slow
 def test_shipped_config_learns_the_checkerboard(backend, tmp_path):
     # 3000 of the config's 8000 steps (the suite's time budget): measured 0.267 of the noise's

@@ -12,7 +12,7 @@ import numpy as np
 import optax
 
 from toolkit.backends.jax.sharding import data_sharding
-from toolkit.backends.jax.weights import build_backbone, load_named_arrays, named_arrays
+from toolkit.backends.jax.weights import load_named_arrays, named_arrays
 from toolkit.errors import DivergenceError
 from toolkit.interfaces import in_numerics
 
@@ -44,7 +44,9 @@ class JaxEngine:
         self.is_main, self.data_parallel = self.sharding.is_main, self.sharding.info()
         model_key = jax.random.PRNGKey(config.run.seed)
         backbone = registry.load("backbone", config.model.name, "jax")
-        self.model = build_backbone(backbone, config.model.options, spec, model_key, self.dtype)
+        model = backbone(config.model.options, spec, key=model_key)
+        self.model = jax.tree_util.tree_map(
+            lambda a: a.astype(self.dtype) if eqx.is_inexact_array(a) else a, model)
         objective = registry.load("objective", config.objective.name, "jax")
         self.objective = objective(config.objective.options, spec)
         o = config.optimizer

@@ -23,21 +23,6 @@ def _name(path) -> str:
     return ".".join(parts)
 
 
-def build_backbone(backbone, options, spec, key, dtype) -> eqx.Module:
-    """``backbone(options, spec, key=key)`` with its floating-point arrays in ``dtype``, built
-    as one compiled program. Built op by op, every weight shape compiles its own initialiser
-    (a one-block DiT: 5.5 s of compiling, against 2.0 s for the whole). A constructor that
-    reads the values of its arrays cannot be traced: it is built op by op, as written."""
-    def build(key):
-        model = backbone(options, spec, key=key)
-        return jax.tree_util.tree_map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, model)
-
-    try:
-        return eqx.filter_jit(build)(key)
-    except jax.errors.JAXTypeError:
-        return build(key)
-
-
 def named_arrays(model) -> dict[str, np.ndarray]:
     """Every floating-point array of ``model`` by its dotted path."""
     leaves = jax.tree_util.tree_flatten_with_path(eqx.filter(model, eqx.is_inexact_array))[0]
