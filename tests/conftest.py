@@ -48,20 +48,20 @@ def pytest_configure(config):
     the same shape) is read back instead of compiled again: engines are rebuilt in almost every
     test, and compilation is most of JAX's time here (a float32 parity run of a paper config:
     51 s with an empty cache, 28 s with the programs of an earlier one). Every program is kept,
-    however fast it compiled. A size limit turns on JAX's file lock, so that one process never
-    reads another's half-written entry. The key covers the XLA flags, so a process on other
-    flags (the instruction-set run of the parity tests) compiles its own."""
+    however fast it compiled. No size limit: with one, JAX locks the folder and lists every entry
+    at each write, which made eager-heavy tests twice as slow. Without the lock, a process may
+    read an entry that another is still writing; JAX then warns and compiles the program itself.
+    The key covers the XLA flags, so a process on other flags (the instruction-set run of the
+    parity tests) compiles its own."""
     if os.environ.get("PYTEST_XDIST_WORKER") is None:  # the run's first process: its owner
         cache = tempfile.mkdtemp(prefix="toolkit-tests-xla-cache-")
         config.stash[XLA_CACHE] = Path(cache)
-        os.environ.update({"JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-                           "JAX_COMPILATION_CACHE_MAX_SIZE": str(64 * 2**30)})
+        os.environ.update({"JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"})
     if "jax" in sys.modules:  # JAX reads its environment once, at import
         import jax
 
         jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-        jax.config.update("jax_compilation_cache_max_size", int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]))
 
 
 def pytest_unconfigure(config):

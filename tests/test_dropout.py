@@ -73,10 +73,21 @@ def seeded(backend, model, seeds):
         extra = {} if seeds is None else {DROPOUT_SEED: to_backend(backend, seeds)}
         if backend == "torch":
             return to_numpy(model(x, t, r, None, **extra))
-        import jax
-
-        return to_numpy(jax.vmap(lambda *a, **k: model(*a, **k))(x, t, r, None, **extra))
+        return to_numpy(jax_call(model, x, t, r, extra))
     return call
+
+
+def _jax_call(model, x, t, r, extra):
+    import jax
+
+    return jax.vmap(lambda *a, **k: model(*a, **k))(x, t, r, None, **extra)
+
+
+def jax_call(model, x, t, r, extra):
+    """One compiled program per shape: op by op, every eager operation of a U-Net compiles alone."""
+    import equinox as eqx
+
+    return eqx.filter_jit(_jax_call)(model, x, t, r, extra)
 
 
 @pytest.mark.parametrize("name", sorted(NETWORKS))
