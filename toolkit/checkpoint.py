@@ -14,22 +14,22 @@ The format is the same for every backend (``toolkit convert`` moves a file betwe
 * metadata (the JSON string under the key ``toolkit``): ``step``, ``backend`` (that wrote
   it), ``config`` (the resolved run config, as ``toolkit config show`` prints it) and
   ``spec`` (``shape`` and ``num_classes`` of the data, so the network can be rebuilt
-  without the data set).
+  without the data set), and ``loss`` (the training loss last logged, when there is one).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from safetensors.numpy import load_file
 from safetensors import safe_open
 
 from toolkit.errors import ToolkitError, UsageError
+from toolkit.files import atomic_write, temporary_target
 
 METADATA_KEY = "toolkit"
 
@@ -42,8 +42,30 @@ def save_checkpoint(path: str | Path, arrays: Mapping[str, np.ndarray], metadata
 def save_engine_checkpoint(path: str | Path, engine, config, metadata: Mapping[str, Any]) -> Path:
     """:func:`save_checkpoint` of :func:`engine_arrays`, holding one group of copies at a time
     (the weights, one average, the optimiser's moments) instead of all of them: for DiT-XL/2
-    that is 5 GiB at most beside the live state, not 10."""
-    return write_safetensors(path, lambda: engine_array_groups(engine, config), {METADATA_KEY: json.dumps(metadata)})
+    that is 5 GiB at most beside the live state, not 10. Non-finite arrays are a
+    :class:`NonFiniteArray` and write nothing: a diverged model must not replace a good checkpoint."""
+    return write_safetensors(path, lambda: engine_array_groups(engine, config), {METADATA_KEY: json.dumps(metadata)},
+                             finite=True)
+
+
+class NonFiniteArray(ValueError):
+    """An array holding NaN or infinite values, where only finite ones make sense."""
+
+    def __init__(self, name: str):
+        self.name = name
+        super().__init__(f"{name}: not finite (NaN or infinite values)")
+
+
+def non_finite_array(arrays: Mapping[str, np.ndarray]) -> str | None:
+    """The name of the first floating-point array holding NaN or infinite values, else None."""
+    return next((name for name, value in arrays.items() if not _finite(np.asarray(value))), None)
+
+
+def _finite(value: np.ndarray) -> bool:
+    try:
+        return bool(np.isfinite(value).all())
+    except TypeError:  # not numbers (no such array in a checkpoint, but nothing to check either)
+        return True
 
 
 #: safetensors' names of NumPy dtypes
@@ -51,11 +73,13 @@ _DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF
            "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
 
 
-def write_safetensors(path: str | Path, groups, metadata: Mapping[str, str]) -> Path:
+def write_safetensors(path: str | Path, groups, metadata: Mapping[str, str], finite: bool = False) -> Path:
     """A safetensors file (8-byte header length, JSON header of dtypes, shapes and offsets, then
     the raw little-endian data) written atomically from ``groups()``, an iterable of name ->
     array mappings made twice: once for the header, once for the data, so only one group's
-    arrays need to exist at a time. Readable by ``safetensors.safe_open`` and ``load_file``."""
+    arrays need to exist at a time. Readable by ``safetensors.safe_open`` and ``load_file``.
+    ``finite``: a floating-point array with NaN or infinite values is a :class:`NonFiniteArray`,
+    found in the first pass, before any file is opened."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     header: dict[str, Any] = {"__metadata__": dict(metadata)}
@@ -67,39 +91,33 @@ def write_safetensors(path: str | Path, groups, metadata: Mapping[str, str]) -> 
                 raise ValueError(f"the array name {name!r} occurs twice")
             if value.dtype.name not in _DTYPES:
                 raise ValueError(f"{name}: dtype {value.dtype} has no safetensors name")
+            if finite and not _finite(value):
+                raise NonFiniteArray(name)
             header[name] = {"dtype": _DTYPES[value.dtype.name], "shape": list(value.shape),
                             "data_offsets": [offset, offset + value.nbytes]}
             offset += value.nbytes
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        _write_data(temporary, encoded, groups, header, offset)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    os.replace(temporary, path)
+    with atomic_write(path) as handle:
+        _write_data(handle, encoded, groups, header, offset)
     return path
 
 
-def _write_data(temporary: Path, encoded: bytes, groups, header: dict, total: int) -> None:
-    with open(temporary, "wb") as handle:
-        handle.write(len(encoded).to_bytes(8, "little"))
-        handle.write(encoded)
-        written = 0
-        for group in groups():
-            for name, value in group.items():
-                value = np.ascontiguousarray(value)
-                if value.dtype.byteorder == ">":
-                    value = value.astype(value.dtype.newbyteorder("<"))
-                if header.get(name, {}).get("data_offsets", [None])[0] != written:
-                    raise ValueError(f"{name}: the arrays changed between the two passes over them")
-                handle.write(value.reshape(-1).view(np.uint8).data)  # bytes without a copy
-                written += value.nbytes
-        if written != total:
-            raise ValueError("the arrays changed between the two passes over them")
-        handle.flush()
-        os.fsync(handle.fileno())
+def _write_data(handle, encoded: bytes, groups, header: dict, total: int) -> None:
+    handle.write(len(encoded).to_bytes(8, "little"))
+    handle.write(encoded)
+    written = 0
+    for group in groups():
+        for name, value in group.items():
+            value = np.ascontiguousarray(value)
+            if value.dtype.byteorder == ">":
+                value = value.astype(value.dtype.newbyteorder("<"))
+            if header.get(name, {}).get("data_offsets", [None])[0] != written:
+                raise ValueError(f"{name}: the arrays changed between the two passes over them")
+            handle.write(value.reshape(-1).view(np.uint8).data)  # bytes without a copy
+            written += value.nbytes
+    if written != total:
+        raise ValueError("the arrays changed between the two passes over them")
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -109,16 +127,61 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, 
     try:
         with safe_open(str(path), framework="numpy") as handle:
             metadata = json.loads((handle.metadata() or {}).get(METADATA_KEY, "{}"))
-        return load_file(str(path)), metadata
+        arrays = load_file(str(path))
     except Exception as error:  # safetensors raises its own error types for corrupt files
         raise ToolkitError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
+    if not isinstance(metadata, dict):
+        raise ToolkitError(f"{path}: metadata {METADATA_KEY}: expected a JSON object, got {metadata!r}")
+    return arrays, metadata
 
 
-def checkpoint_metadata(step: int, backend: str, config, spec) -> dict[str, Any]:
+_REQUIRED = object()
+
+
+def metadata_value(path: Path, metadata: Mapping[str, Any], key: str, parse: Callable[[Any], Any], expected: str,
+                   default: Any = _REQUIRED) -> Any:
+    """``parse(metadata[key])`` of a checkpoint's metadata (``default`` when the key is absent and
+    a default is given); a missing or garbled value is one error naming the file and the key."""
+    if key not in metadata:
+        if default is not _REQUIRED:
+            return default
+        raise ToolkitError(f"{path}: metadata {key}: missing; expected {expected} (not written by toolkit, or "
+                           f"edited)")
+    try:
+        return parse(metadata[key])
+    except (TypeError, ValueError, KeyError, AttributeError):
+        raise ToolkitError(f"{path}: metadata {key}: expected {expected}, got {metadata[key]!r}") from None
+
+
+def stored_step(path: Path, metadata: Mapping[str, Any], default: Any = _REQUIRED) -> int:
+    """The training step a checkpoint's metadata records."""
+    return metadata_value(path, metadata, "step", _count, "a step number (an integer >= 0)", default)
+
+
+def stored_config(path: Path, metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved run config a checkpoint's metadata records, as plain data."""
+    return metadata_value(path, metadata, "config", _mapping, "the run config (a JSON object)")
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(value)
+    return value
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError(value)
+    return value
+
+
+def checkpoint_metadata(step: int, backend: str, config, spec, loss: float | None = None) -> dict[str, Any]:
+    """``loss``: the training loss last logged, which a run resumed only to evaluate reports."""
     from toolkit.config import to_dict
 
     return {"step": step, "backend": backend, "config": to_dict(config),
-            "spec": {"shape": list(spec.shape), "num_classes": spec.num_classes}}
+            "spec": {"shape": list(spec.shape), "num_classes": spec.num_classes},
+            **({"loss": loss} if loss is not None else {})}
 
 
 MODEL_PREFIX = "model."
@@ -159,6 +222,17 @@ def load_engine_arrays(engine, config, arrays: Mapping[str, np.ndarray]) -> None
     engine.load_optimizer_arrays(prefixed(arrays, OPTIMIZER_PREFIX))
 
 
+def restore_engine(engine, config, arrays: Mapping[str, np.ndarray], path: Path, backend: str,
+                   whose: str = "its own config") -> None:
+    """:func:`load_engine_arrays`; weights that do not fit the engine's network (missing, or of
+    another size) are one error naming the file and the weight."""
+    try:
+        load_engine_arrays(engine, config, arrays)
+    except (ValueError, RuntimeError, KeyError) as error:
+        raise ToolkitError(f"{path}: its weights do not fit a {config.model.name} of {whose} in {backend}: "
+                           f"{error}") from None
+
+
 def chosen_average(config, weights: str = "ema") -> float | None:
     """The EMA decay whose average to sample with (None: the raw weights): ``ema`` is the first
     of ``ema.decays`` (the raw weights when there is none), ``model`` the raw weights, and a
@@ -181,15 +255,15 @@ def latest_checkpoint(out_dir: Path, config) -> tuple[Path, dict[str, np.ndarray
                          f"{Path(out_dir) / 'checkpoints' / 'step_*.safetensors'}); run without --resume")
     path = found[-1]
     arrays, metadata = load_checkpoint(path)
-    changed = config_differences(metadata.get("config", {}), config, ignore=RESUMABLE_CHANGES)
+    changed = config_differences(stored_config(path, metadata), config, ignore=RESUMABLE_CHANGES)
     if changed:
         details = "; ".join(f"{key}: {old!r} in the checkpoint, {new!r} now" for key, old, new in changed[:5])
         raise UsageError(f"{path}: cannot resume with a different config ({details}). Only "
                          f"{', '.join(RESUMABLE_CHANGES)} may change")
-    step = int(metadata.get("step", 0))
+    step = stored_step(path, metadata)
     # a run stopped after its last step but before its results (metrics.json) resumes to evaluate
     if step > config.run.steps or (step == config.run.steps and (Path(out_dir) / "metrics.json").exists()):
-        raise UsageError(f"{path}: the run already reached step {metadata['step']} of run.steps="
+        raise UsageError(f"{path}: the run already reached step {step} of run.steps="
                          f"{config.run.steps}; raise run.steps to train further")
     return path, arrays, metadata
 
@@ -222,12 +296,19 @@ def checkpoint_step(path: Path) -> int:
     return int(Path(path).stem.split("_")[1])
 
 
-_CHECKPOINT_NAME = re.compile(r"^step_\d{8}\.safetensors$")
+#: any number of digits: a step past 99,999,999 takes more than the usual 8
+_CHECKPOINT_NAME = re.compile(r"^step_\d+\.safetensors$")
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
     """The run's own checkpoints, oldest first (not, e.g., ``toolkit convert`` outputs beside them)."""
-    return sorted(p for p in directory.glob("step_*.safetensors") if _CHECKPOINT_NAME.match(p.name))
+    return sorted((p for p in directory.glob("step_*.safetensors") if _CHECKPOINT_NAME.match(p.name)),
+                  key=checkpoint_step)
+
+
+def is_checkpoint_file(name: str) -> bool:
+    """Whether ``name`` is a run's checkpoint (:func:`checkpoint_path`), or a temporary file of one."""
+    return bool(_CHECKPOINT_NAME.match(temporary_target(name) or name))
 
 
 def prune_checkpoints(directory: Path, keep: int) -> None:

@@ -7,9 +7,13 @@ Plugins add sub-commands through the ``register_commands`` hook.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -51,7 +55,7 @@ def _warn_problems(registry) -> None:
 def run(config_path, backend, overrides, out_dir, overwrite, resume, progress, smoke):
     """Train the run described by CONFIG, then sample and evaluate it."""
     from toolkit.config import load_config
-    from toolkit.train import default_out_dir, prepare_out_dir, smoke_config, train
+    from toolkit.train import default_out_dir, previous_run, smoke_config, train
 
     if resume and overwrite:
         raise click.UsageError("--resume continues the run that --overwrite would delete; give one of them")
@@ -63,11 +67,11 @@ def run(config_path, backend, overrides, out_dir, overwrite, resume, progress, s
         config = smoke_config(config, registry, backend)
     out_dir = Path(out_dir) if out_dir else default_out_dir(config, backend)
     if not resume:
-        prepare_out_dir(out_dir, overwrite)
+        previous_run(out_dir, overwrite)  # refused before anything starts; removed once the run does (train)
     click.echo(f"{'resuming' if resume else 'training'} {config.run.name!r}: {config.objective.name} on "
                f"{config.data.name} with {config.model.name}, {config.run.steps} steps, backend {backend} -> "
                f"{out_dir}", err=True)
-    results = train(config, backend, registry, out_dir=out_dir, progress=progress, resume=resume)
+    results = train(config, backend, registry, out_dir=out_dir, progress=progress, overwrite=overwrite, resume=resume)
     if results is not None:  # None: not the main process of a multi-process run
         click.echo(json.dumps(results))
 
@@ -193,6 +197,7 @@ def _checkpoint_engine(checkpoint, backend, overrides=()):
 def sample(checkpoint, backend, nfe, count, label, guidance, weights, seed, out, vae_path):
     """Draw samples from CHECKPOINT (a checkpoint file or a run directory) into a picture."""
     from toolkit.evaluation import draw_samples, make_sampler, samples_picture, sampling_weights
+    from toolkit.files import atomic_write
     from toolkit.plugins.hdf5.latents import decode_samples
 
     registry, path, metadata, engine, config, spec = _checkpoint_engine(checkpoint, backend)
@@ -203,7 +208,8 @@ def sample(checkpoint, backend, nfe, count, label, guidance, weights, seed, out,
     out = Path(out)
     title = f"{config.run.name}, step {metadata.get('step')}, {sampler.nfe} NFE, {description} weights"
     samples_picture(samples, out, title)
-    np.save(out.with_suffix(".npy"), samples)
+    with atomic_write(out.with_suffix(".npy")) as handle:
+        np.save(handle, samples)
     click.echo(f"{path}: {count} samples at {sampler.nfe} NFE with {description} weights"
                f"{', ' + decoded if decoded else ''} -> {out}")
 
@@ -220,6 +226,7 @@ def sample(checkpoint, backend, nfe, count, label, guidance, weights, seed, out,
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
 def evaluate(checkpoint, metric, backend, nfe, count, weights, overrides, as_json):
     """Measure samples of CHECKPOINT (a file or a run directory) against held-out data."""
+    from toolkit.checkpoint import stored_step
     from toolkit.evaluation import evaluate as measure
     from toolkit.evaluation import evaluate_nfes, prepared_metric
 
@@ -230,11 +237,12 @@ def evaluate(checkpoint, metric, backend, nfe, count, weights, overrides, as_jso
     if config.eval.metric is None:
         raise click.UsageError("the run has no eval.metric; name one with --metric (see `toolkit plugins`)")
     dataset = registry.load("dataset", config.data.name, backend)(config.data.options)
-    step, metric = int(metadata.get("step", 0)), prepared_metric(config, backend, registry, dataset)
-    results, _ = measure(config, backend, registry, engine, dataset, step, nfe=nfe, metric=metric)
+    step, metric = stored_step(path, metadata, default=0), prepared_metric(config, backend, registry, dataset)
+    results, samples = measure(config, backend, registry, engine, dataset, step, nfe=nfe, metric=metric)
     if nfe is None:  # as the run measured: at each of eval.nfe too
         results.update(evaluate_nfes(config, backend, registry, engine, dataset, step, metric,
                                      known={results["nfe"]: results[config.eval.metric.name]}))
+    _require_finite(path, config.eval.metric.name, results, samples)
     if as_json:
         click.echo(json.dumps(results))
         return
@@ -243,6 +251,16 @@ def evaluate(checkpoint, metric, backend, nfe, count, weights, overrides, as_jso
                if config.eval.anchors else "")
     click.echo(f"{path}: {name} {results[name]:.4g} ({results['nfe']} NFE, {results['weights']} weights, "
                f"{config.eval.num_samples} samples{anchors})")
+
+
+def _require_finite(path: Path, name: str, results: dict, samples: np.ndarray) -> None:
+    """A NaN metric is a failure, not a number: say whether the samples or the metric went wrong."""
+    bad = [key for key, value in results.items() if key.startswith(name) and not math.isfinite(value)]
+    if not bad:
+        return
+    cause = ("the samples are not finite (NaN or infinite values): the weights, or the sampler at this NFE, "
+             "diverged" if not np.isfinite(samples).all() else "the metric is not finite on finite samples")
+    raise ToolkitError(f"{path}: {bad[0]} is {results[bad[0]]}: {cause}")
 
 
 @cli.command()
@@ -352,14 +370,43 @@ def config_show(config_path, overrides):
     click.echo(dump_yaml(load_config(config_path, overrides, registry)), nl=False)
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is, so that it stops as cleanly as on Ctrl-C (temporary
+    files removed, the last complete checkpoint kept). A BaseException, as KeyboardInterrupt: no
+    ``except Exception`` (a study's failed cell) swallows it."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_stops_cleanly():
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("TOOLKIT_DEBUG") == "1"
     try:
-        _registry().add_commands(cli)
-        result = cli.main(args=argv, prog_name="toolkit", standalone_mode=False)
+        with _sigterm_stops_cleanly():
+            _registry().add_commands(cli)
+            result = cli.main(args=argv, prog_name="toolkit", standalone_mode=False)
         return result if isinstance(result, int) else 0
-    except click.exceptions.Abort:
+    except Terminated:
+        click.echo("toolkit: terminated (SIGTERM)", err=True)
+        return 128 + signal.SIGTERM
+    except click.exceptions.Abort as error:
+        if isinstance(error.__cause__, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+            click.echo("toolkit: interrupted", err=True)
+            return 128 + signal.SIGINT
         click.echo("toolkit: aborted", err=True)
         return 1
     except click.ClickException as error:
@@ -372,12 +419,16 @@ def main(argv: list[str] | None = None) -> int:
         return error.exit_code
     except KeyboardInterrupt:
         click.echo("toolkit: interrupted", err=True)
-        return 130
+        return 128 + signal.SIGINT
     except Exception as error:
         if debug:
             raise
-        click.echo(f"toolkit: error: {type(error).__name__}: {error} (run with --debug for the traceback)",
-                   err=True)
+        if isinstance(error, OSError) and error.filename is not None:
+            # a full disk, a read-only or forbidden folder: the file says where, the reason what
+            click.echo(f"toolkit: error: {error.filename}: {error.strerror}", err=True)
+        else:
+            click.echo(f"toolkit: error: {type(error).__name__}: {error} (run with --debug for the traceback)",
+                       err=True)
         return 1
 
 

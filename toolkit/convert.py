@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.checkpoint import checkpoint_metadata, engine_arrays, load_checkpoint, save_checkpoint
+from toolkit.checkpoint import checkpoint_metadata, engine_arrays, load_checkpoint, non_finite_array, save_checkpoint
 from toolkit.errors import BackendUnavailableError, ToolkitError
 from toolkit.evaluation import checkpoint_engine
 from toolkit.parity import compare
@@ -44,6 +44,9 @@ def convert_checkpoint(path: str | Path, target: str, registry, out: str | Path 
         except BackendUnavailableError as error:
             report["check"] = f"skipped: {error}"
         else:
+            if (name := non_finite_array(arrays)) is not None:  # both networks give NaN: no parity to check
+                raise ToolkitError(f"{path}: {name}: the weights are not finite (NaN or infinite values); the "
+                                   f"checkpoint is of a diverged run (--no-check converts it as it is)")
             rng = np.random.default_rng(0)
             n = 4
             x = rng.standard_normal((n, *spec.shape))

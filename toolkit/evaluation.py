@@ -14,7 +14,7 @@ from typing import Sequence
 import attrs
 import numpy as np
 
-from toolkit.checkpoint import chosen_average, load_engine_arrays
+from toolkit.checkpoint import chosen_average, metadata_value, restore_engine, stored_config
 from toolkit.config import Config, InvalidValue, config_from_dict
 from toolkit.errors import ConfigError, ToolkitError, UsageError
 from toolkit.interfaces import DataSpec
@@ -44,18 +44,23 @@ def checkpoint_engine(path: Path, arrays: dict, metadata: dict, backend: str, re
     if "config" not in metadata:
         raise ToolkitError(f"{path}: the checkpoint carries no run config (metadata key 'config'); it was not "
                            f"written by toolkit")
-    config = config_from_dict(metadata["config"], f"{path} (its stored config)", overrides, registry=registry)
-    if "spec" in metadata:
-        spec = DataSpec(tuple(metadata["spec"]["shape"]), int(metadata["spec"]["num_classes"]))
-    else:  # written before the spec was stored: ask the data set
+    config = config_from_dict(stored_config(path, metadata), f"{path} (its stored config)", overrides,
+                              registry=registry)
+    spec = metadata_value(path, metadata, "spec", _data_spec, '{"shape": [sizes], "num_classes": n}',
+                          default=None)
+    if spec is None:  # written before the spec was stored: ask the data set
         spec = registry.load("dataset", config.data.name, backend)(config.data.options).spec
     engine = registry.load("backend", backend, backend)(config, registry, spec)
-    try:
-        load_engine_arrays(engine, config, arrays)
-    except (ValueError, RuntimeError, KeyError) as error:
-        raise ToolkitError(f"{path}: its weights do not fit a {config.model.name} of its own config in "
-                           f"{backend}: {error}") from None
+    restore_engine(engine, config, arrays, path, backend)
     return engine, config, spec
+
+
+def _data_spec(value) -> DataSpec:
+    shape, classes = value["shape"], value["num_classes"]
+    if not (isinstance(shape, list) and shape and all(isinstance(n, int) and n > 0 for n in shape)
+            and isinstance(classes, int) and classes >= 0):
+        raise ValueError(value)
+    return DataSpec(tuple(shape), classes)
 
 
 @contextlib.contextmanager

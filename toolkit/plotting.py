@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit.files import atomic_write
+
 
 def scatter_against_data(samples: np.ndarray, reference: np.ndarray, path: Path | None, title: str) -> np.ndarray:
     """A side-by-side scatter of 2-D data and samples as (H, W, 3) uint8, saved as PNG if ``path``."""
@@ -28,7 +30,8 @@ def scatter_against_data(samples: np.ndarray, reference: np.ndarray, path: Path 
     figure.canvas.draw()
     rgb = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
     if path is not None:
-        figure.savefig(path, dpi=100)
+        with atomic_write(path) as handle:
+            figure.savefig(handle, dpi=100, format="png")
     plt.close(figure)
     return rgb
 
@@ -63,4 +66,5 @@ def save_rgb(rgb: np.ndarray, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.image
 
-    matplotlib.image.imsave(str(path), rgb)
+    with atomic_write(path) as handle:
+        matplotlib.image.imsave(handle, rgb, format="png")

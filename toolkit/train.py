@@ -9,7 +9,7 @@ logging, checkpoints and evaluation.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 import platform
 import shutil
@@ -23,8 +23,9 @@ from typing import Callable
 import attrs
 import numpy as np
 
-from toolkit.checkpoint import (checkpoint_metadata, checkpoint_path, latest_checkpoint, load_engine_arrays,
-                                prune_checkpoints, save_engine_checkpoint)
+from toolkit.checkpoint import (NonFiniteArray, checkpoint_metadata, checkpoint_path, is_checkpoint_file,
+                                latest_checkpoint, metadata_value, prune_checkpoints, restore_engine,
+                                save_engine_checkpoint, stored_step)
 from toolkit.config import Config, OptimizerSection, ema_decay, to_dict
 from toolkit.dropout import with_dropout_seeds
 from toolkit.errors import DivergenceError, UsageError
@@ -32,6 +33,7 @@ from toolkit.evaluation import (as_images, draw_samples, drawable, evaluate, eva
                                 grid_size, make_sampler, picturable, prepared_metric, samples_picture,
                                 sampling_weights)
 from toolkit.events import EventLog
+from toolkit.files import directory_lock, write_json
 from toolkit.interfaces import DataSpec
 
 
@@ -88,20 +90,27 @@ CALIBRATION_DRAWS = 2**16
 RUN_FILES = ("run.json", "metrics.json", "samples.png", "checkpoints", "events.out.tfevents.*")
 
 
-def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Create ``out_dir``; a previous run there is an error unless ``overwrite`` removes it."""
+def previous_run(out_dir: Path, overwrite: bool) -> list[Path]:
+    """The files of an earlier run in ``out_dir``, which only ``overwrite`` may replace (with
+    :func:`remove_previous_run`). Only what the toolkit wrote is replaced: a ``checkpoints``
+    folder holding anything but checkpoints is an error naming the stranger."""
     previous = [p for pattern in RUN_FILES for p in out_dir.glob(pattern)] if out_dir.is_dir() else []
     if previous and not overwrite:
         raise UsageError(f"{out_dir} already holds a run ({', '.join(sorted(p.name for p in previous))}); "
                          f"choose another --out, or pass --overwrite to replace it")
-    for path in previous:  # every process of a multi-process run (torchrun) may be removing them at once
-        shutil.rmtree(path, onerror=_unless_gone) if path.is_dir() else path.unlink(missing_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints = out_dir / "checkpoints"
+    if checkpoints.is_dir():
+        strangers = sorted(p for p in checkpoints.iterdir() if not (p.is_file() and is_checkpoint_file(p.name)))
+        if strangers:
+            raise UsageError(f"{strangers[0]}: not a checkpoint of a run (expected only step_<N>.safetensors files "
+                             f"in {checkpoints}); --overwrite deletes only what toolkit wrote: move it away, or "
+                             f"choose another --out")
+    return previous
 
 
-def _unless_gone(function, path, error) -> None:
-    if not issubclass(error[0], FileNotFoundError):
-        raise error[1]
+def remove_previous_run(previous: list[Path]) -> None:
+    for path in previous:
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def train(config: Config, backend: str, registry, out_dir: Path | None = None,
@@ -119,25 +128,32 @@ def train(config: Config, backend: str, registry, out_dir: Path | None = None,
 
     ``resume`` continues from the newest checkpoint in ``out_dir``: every random input of
     step i (batch, draws, noise) is a pure function of (seed, i), and the checkpoint holds
-    the weights and the optimiser state, so the resumed run repeats the uninterrupted one."""
-    began = time.perf_counter()
+    the weights and the optimiser state, so the resumed run repeats the uninterrupted one.
+
+    The process that writes holds a lock on ``out_dir`` (:func:`~toolkit.files.directory_lock`)
+    from before it writes or deletes anything there until it returns."""
     out_dir = Path(out_dir or default_out_dir(config, backend))
+    with contextlib.ExitStack() as held:
+        return _train(config, backend, registry, out_dir, progress, overwrite, resume, on_log, held)
+
+
+def _train(config: Config, backend: str, registry, out_dir: Path, progress: bool | None, overwrite: bool,
+           resume: bool, on_log: Callable[[int, dict], None] | None, held: contextlib.ExitStack) -> dict | None:
+    began = time.perf_counter()
     checkpoints = out_dir / "checkpoints"
     restored = latest_checkpoint(out_dir, config) if resume else None
     if not resume:
-        prepare_out_dir(out_dir, overwrite)
+        previous_run(out_dir, overwrite)  # refused now; removed once this run is known to start
     dataset = registry.load("dataset", config.data.name, backend)(config.data.options)
     spec = dataset.spec
     engine = registry.load("backend", backend, backend)(config, registry, spec)
     main = getattr(engine, "is_main", True)  # of several processes (torchrun, JAX hosts) only one writes
-    start = 0
+    start, loss = 0, None
     if restored is not None:
         path, arrays, metadata = restored
-        load_engine_arrays(engine, config, arrays)
-        start = int(metadata["step"])
-    if main:
-        _write_run_info(out_dir / "run.json", config, backend, resumed_from=start,
-                        data_parallel=getattr(engine, "data_parallel", None))
+        restore_engine(engine, config, arrays, path, backend, whose="this run's config")
+        start = stored_step(path, metadata)
+        loss = metadata_value(path, metadata, "loss", float, "a number", default=None)  # if no step is left to log it
 
     run, steps = config.run, config.run.steps
     draw = config.objective.options.draw
@@ -149,11 +165,17 @@ def train(config: Config, backend: str, registry, out_dir: Path | None = None,
     metric = prepared_metric(config, backend, registry, dataset)  # now: a metric that cannot fit fails early
     for nfe in evaluation_nfes(config):  # and a sampler that cannot take an eval.nfe
         make_sampler(config, backend, registry, nfe=nfe)
+    if main:
+        held.enter_context(directory_lock(out_dir))
+        if not resume:
+            remove_previous_run(previous_run(out_dir, overwrite))  # as it is now that the directory is this run's
+        _write_run_info(out_dir / "run.json", config, backend, resumed_from=start,
+                        data_parallel=getattr(engine, "data_parallel", None))
     batches = dataset.batches(run.batch_size, run.seed, start=start)
     log = EventLog(out_dir, purge_step=start + 1 if start else None) if main else _NoLog()
     bar = _progress(steps, main and (config.logging.progress if progress is None else progress), start)
     last_time, last_step, last_saved = time.perf_counter(), start, restored[0] if restored else None
-    train_seconds, loss = 0.0, None
+    train_seconds = 0.0
     try:
         for step in range(start + 1, steps + 1):
             step_began = time.perf_counter()
@@ -168,8 +190,7 @@ def train(config: Config, backend: str, registry, out_dir: Path | None = None,
             try:
                 values = engine.train_step(batch, draws, lr, noise)
             except DivergenceError as error:
-                kept = f"; the last good checkpoint is {last_saved}" if last_saved else ""
-                raise DivergenceError(f"training diverged at step {step}: {error}{kept}") from None
+                raise _diverged(step, error, last_saved) from None
             if config.ema.decays:
                 engine.update_ema([ema_decay(d, step, config.ema.warmup) for d in config.ema.decays])
             train_seconds += time.perf_counter() - step_began
@@ -192,8 +213,11 @@ def train(config: Config, backend: str, registry, out_dir: Path | None = None,
                 log_sample_grids(config, backend, registry, engine, dataset, log, step)
             if main and config.checkpoint.every and (step % config.checkpoint.every == 0 or step == steps):
                 log.flush()  # the curve up to a checkpoint survives a kill with it
-                last_saved = save_engine_checkpoint(checkpoint_path(checkpoints, step), engine, config,
-                                                    checkpoint_metadata(step, backend, config, spec))
+                try:
+                    last_saved = save_engine_checkpoint(checkpoint_path(checkpoints, step), engine, config,
+                                                        checkpoint_metadata(step, backend, config, spec, loss))
+                except NonFiniteArray as error:
+                    raise _diverged(step, f"{error}, so its checkpoint was not written", last_saved) from None
                 prune_checkpoints(checkpoints, config.checkpoint.keep)
         bar.close()
         if not main:  # the main process evaluates alone; the others are done
@@ -227,8 +251,13 @@ def train(config: Config, backend: str, registry, out_dir: Path | None = None,
         log.close()
         if hasattr(engine, "close"):
             engine.close()  # leaves a multi-process run's process group
-    (out_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json(out_dir / "metrics.json", results)
     return results
+
+
+def _diverged(step: int, why: Exception | str, last_saved: Path | None) -> DivergenceError:
+    kept = f"; the last good checkpoint is {last_saved}" if last_saved else ""
+    return DivergenceError(f"training diverged at step {step}: {why}{kept}")
 
 
 def log_sample_grids(config: Config, backend: str, registry, engine, dataset, log: EventLog, step: int) -> None:
@@ -299,7 +328,7 @@ def _write_run_info(path: Path, config: Config, backend: str, resumed_from: int 
             "versions": versions, "git_revision": _git_revision(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed_from_step": resumed_from,
             "data_parallel": data_parallel, "config": to_dict(config)}
-    path.write_text(json.dumps(info, indent=2) + "\n")
+    write_json(path, info)
 
 
 def _git_revision() -> str | None:

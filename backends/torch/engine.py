@@ -217,6 +217,9 @@ def _load_state(module: torch.nn.Module, arrays) -> None:
     missing = sorted(set(state) - set(arrays))
     if missing:
         raise ValueError(f"weights missing for: {', '.join(missing)}")
+    for name, value in state.items():  # as the JAX engine's load_named_arrays: by size, naming the weight
+        if np.size(arrays[name]) != value.numel():
+            raise ValueError(f"{name}: got shape {np.shape(arrays[name])}, expected {tuple(value.shape)}")
     # np.require copies only arrays torch may not wrap (read-only ones, e.g. from JAX or a file)
     module.load_state_dict({name: torch.from_numpy(np.require(arrays[name], requirements="W")).reshape(value.shape)
                             .to(value.dtype) for name, value in state.items()})

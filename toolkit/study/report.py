@@ -9,7 +9,6 @@ checkpoint), so a report can be rebuilt at any time (``toolkit study --report-on
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 from typing import Sequence
@@ -17,10 +16,12 @@ from typing import Sequence
 import attrs
 import numpy as np
 
+from toolkit.errors import ToolkitError
 from toolkit.evaluation import evaluation_nfes, nfe_key, sampler_nfe
 from toolkit.events import read_scalars
+from toolkit.files import write_json
 from toolkit.study.grid import Cell, Study
-from toolkit.study.runner import FAILED
+from toolkit.study.runner import FAILED, cell_metrics
 
 
 #: samples of each class in a study's side-by-side picture
@@ -88,7 +89,11 @@ def collect(cells: Sequence[Cell]) -> list[CellResult]:
         if (cell.out_dir / FAILED).is_file():
             results.append(CellResult(cell, "failed", error=(cell.out_dir / FAILED).read_text().strip()))
         elif metrics_path.is_file():
-            metrics = json.loads(metrics_path.read_text())
+            try:
+                metrics = cell_metrics(cell)
+            except ToolkitError as error:
+                results.append(CellResult(cell, "failed", error=str(error)))
+                continue
             scalars = read_scalars(cell.out_dir)
             curves = {}
             for nfe in evaluation_nfes(cell.config):
@@ -415,6 +420,6 @@ def write_report(study: Study, cells: Sequence[Cell], out_root: Path, backend: s
          "metric": {str(nfe): attrs.asdict(s) if s else None for nfe, s in g.metric.items()},
          "seconds_per_step": attrs.asdict(g.seconds_per_step) if g.seconds_per_step else None,
          "reached_at": g.reached_at} for g in groups]}
-    (out_root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out_root / "summary.json", summary)
     return {"results": [out_root / n for n in ("results.csv", "results.md", "summary.json")],
             "pictures": pictures, "summary": summary}

@@ -18,7 +18,8 @@ from typing import Sequence
 import attrs
 
 from toolkit.checkpoint import checkpoint_step, config_differences, list_checkpoints
-from toolkit.errors import UsageError
+from toolkit.errors import ToolkitError, UsageError
+from toolkit.files import read_json, write_text
 from toolkit.study.grid import Cell
 
 FAILED = "failed.txt"
@@ -45,6 +46,14 @@ def cell_state(cell: Cell) -> tuple[str, int]:
     return "new", 0
 
 
+def cell_metrics(cell: Cell) -> dict:
+    """A finished cell's ``metrics.json``; a damaged one is an error naming it and the way out."""
+    try:
+        return read_json(cell.out_dir / "metrics.json")
+    except ToolkitError as error:
+        raise ToolkitError(f"{error}: delete it and run the study again to evaluate the cell again") from None
+
+
 def run_cells(cells: Sequence[Cell], backend: str, registry, progress: bool = True,
               rerun_changed: bool = False) -> list[CellOutcome]:
     """Train every cell that is not finished, one after another, with one progress display over
@@ -67,7 +76,12 @@ def run_cells(cells: Sequence[Cell], backend: str, registry, progress: bool = Tr
         for index, cell in enumerate(cells, 1):
             state, done = states[cell.out_dir]
             if state == "done":
-                outcomes.append(CellOutcome(cell, "done"))
+                try:
+                    cell_metrics(cell)
+                except ToolkitError as error:
+                    outcomes.append(CellOutcome(cell, "failed", str(error)))
+                else:
+                    outcomes.append(CellOutcome(cell, "done"))
                 continue
             (cell.out_dir / FAILED).unlink(missing_ok=True)
             bar.start(cell, index, done)
@@ -77,7 +91,7 @@ def run_cells(cells: Sequence[Cell], backend: str, registry, progress: bool = Tr
             except Exception as error:  # one failed cell (say, a diverging ablation) must not stop the grid
                 message = f"{type(error).__name__}: {error}"
                 cell.out_dir.mkdir(parents=True, exist_ok=True)
-                (cell.out_dir / FAILED).write_text(message + "\n")
+                write_text(cell.out_dir / FAILED, message + "\n")
                 outcomes.append(CellOutcome(cell, "failed", message))
                 bar.finish(cell, None, message)
             else:
