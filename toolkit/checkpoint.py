@@ -28,7 +28,8 @@ import numpy as np
 from safetensors.numpy import load_file
 from safetensors import safe_open
 
-from toolkit.errors import ToolkitError, UsageError
+from toolkit.config import InvalidValue, ema_average
+from toolkit.errors import ToolkitError, UsageError, quoted
 from toolkit.files import atomic_write, temporary_target
 
 METADATA_KEY = "toolkit"
@@ -234,17 +235,14 @@ def restore_engine(engine, config, arrays: Mapping[str, np.ndarray], path: Path,
 
 
 def chosen_average(config, weights: str = "ema") -> float | None:
-    """The EMA decay whose average to sample with (None: the raw weights): ``ema`` is the first
-    of ``ema.decays`` (the raw weights when there is none), ``model`` the raw weights, and a
-    number that average (``"0.999"``), which the run must keep."""
-    decays = tuple(config.ema.decays)
-    if weights == "model" or (weights == "ema" and not decays):
-        return None
-    decay = decays[0] if weights == "ema" else float(weights)
-    if decay not in decays:
-        stored = ", ".join(["model", *(repr(d) for d in decays)])
-        raise UsageError(f"no EMA weights with decay {decay!r} in the checkpoint; it has: {stored}")
-    return decay
+    """The EMA decay whose average to sample with (None: the raw weights), as
+    :func:`~toolkit.config.ema_average` reads ``weights``; the checkpoint holds the run's decays."""
+    try:
+        return ema_average(weights, tuple(config.ema.decays))
+    except InvalidValue as error:
+        stored = ", ".join(["model", *(repr(d) for d in config.ema.decays)])
+        raise UsageError(f"no EMA weights with decay {quoted(error.value)} in the checkpoint; "
+                         f"it has: {stored}") from None
 
 
 def latest_checkpoint(out_dir: Path, config) -> tuple[Path, dict[str, np.ndarray], dict[str, Any]]:
