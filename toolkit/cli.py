@@ -8,6 +8,7 @@ Plugins add sub-commands through the ``register_commands`` hook.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -392,13 +393,21 @@ def _sigterm_stops_cleanly():
         signal.signal(signal.SIGTERM, previous)
 
 
+def _with_plugin_commands() -> click.Group:
+    """``cli`` with the plugins' commands, on a copy: ``cli`` keeps the built-in commands only, so that
+    a later ``main()`` in the same process (tests, notebooks) does not find its names taken."""
+    group = copy.copy(cli)
+    group.commands = dict(cli.commands)
+    _registry().add_commands(group)
+    return group
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("TOOLKIT_DEBUG") == "1"
     try:
         with _sigterm_stops_cleanly():
-            _registry().add_commands(cli)
-            result = cli.main(args=argv, prog_name="toolkit", standalone_mode=False)
+            result = _with_plugin_commands().main(args=argv, prog_name="toolkit", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except Terminated:
         click.echo("toolkit: terminated (SIGTERM)", err=True)

@@ -101,7 +101,8 @@ def register_commands(cli) -> None:
     """Add sub-commands to the ``toolkit`` command line.
 
     ``cli`` is the root :class:`click.Group`; decorate new commands with
-    ``@cli.command()``.
+    ``@cli.command()``. A command under a name that is taken (a built-in command, or one
+    an earlier plugin added) is refused with a warning, and the original kept.
     """
 
 

@@ -1,10 +1,13 @@
 """Finds plugins, collects the components they register, and loads implementations.
 
-Plugins come from the ``toolkit`` entry-point group (built-ins included) and can be
-added as objects (tests, notebooks). A plugin that fails — raises on import, names a
-hook that does not exist, raises inside a hook, registers a malformed component — is
-recorded in :attr:`Registry.problems` with its name and left out; every other plugin
-keeps working.
+Plugins come from the ``toolkit`` entry-point group (built-ins included, and loaded
+first) and can be added as objects (tests, notebooks). A plugin that fails — raises or
+calls ``sys.exit()`` on import, names a hook that does not exist or a parameter a hook
+does not give, names the module of another entry point, raises inside a hook,
+registers a malformed component, adds a command under a taken name — is recorded in
+:attr:`Registry.problems` with its name and left out; every other plugin keeps
+working. What plugins print while they load goes to stderr, not to the command's
+output.
 
 Environment:
   ``TOOLKIT_PLUGINS``          comma-separated allow-list of plugin (entry-point) or
@@ -14,10 +17,13 @@ Environment:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
+import inspect
 import os
 import re
+import sys
 from typing import Any, Mapping, Sequence
 
 import attrs
@@ -33,6 +39,12 @@ from toolkit.errors import (
 )
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT
+#: The distribution of the built-in plugins: they load first, so that they keep their names and
+#: modules when a third party's entry point names them again.
+DISTRIBUTION = "meanflow-toolkit"
+#: What a plugin's code may raise without ending the command: anything but Ctrl-C. A plugin's
+#: ``sys.exit()`` would otherwise end every command, ``toolkit --help`` included, without a word.
+PLUGIN_FAULTS = (Exception, SystemExit)
 ANY_BACKEND = "*"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
 
@@ -83,17 +95,18 @@ class Registry:
     def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> None:
         allow = _env_list("TOOLKIT_PLUGINS")
         block = _env_list("TOOLKIT_DISABLE_PLUGINS") or set()
-        for entry_point in sorted(importlib.metadata.entry_points(group=group), key=lambda e: e.name):
+        entry_points = importlib.metadata.entry_points(group=group)
+        for entry_point in sorted(entry_points, key=lambda e: (_distribution(e) != DISTRIBUTION, e.name)):
             dist = entry_point.dist
             plugin = Plugin(entry_point.name, dist.name if dist else "", dist.version if dist else "")
             names = {plugin.name, plugin.distribution}
             if (allow is not None and not names & allow) or names & block:
                 continue
             try:
-                obj = entry_point.load()
-            except Exception as error:  # a plugin's import may raise anything
-                self.problems.append(f"plugin {plugin.name!r} ({_from(plugin)}) failed to load: "
-                                     f"{type(error).__name__}: {error}")
+                with contextlib.redirect_stdout(sys.stderr):
+                    obj = entry_point.load()
+            except PLUGIN_FAULTS as error:
+                self.problems.append(f"plugin {plugin.name!r} ({_from(plugin)}) failed to load: {_describe(error)}")
                 continue
             self.add_plugin(obj, plugin)
 
@@ -105,18 +118,31 @@ class Registry:
             self.problems.append(f"plugin {plugin.name!r} ({_from(plugin)}) is skipped: another plugin of "
                                  f"that name is loaded ({_from(self.plugins[plugin.name])})")
             return False
-        self.manager.register(obj, name=plugin.name)
+        holder = self.manager.get_name(obj)
+        if holder is not None:  # pluggy refuses an object twice, as two entry points to one module give it
+            self.problems.append(f"plugin {plugin.name!r} ({_from(plugin)}) is skipped: it names the module of "
+                                 f"plugin {holder!r} ({_from(self.plugins.get(holder, Plugin(holder)))}) again")
+            return False
+        try:
+            self.manager.register(obj, name=plugin.name)
+        except PLUGIN_FAULTS as error:
+            if self.manager.get_plugin(plugin.name) is obj:  # some pluggy versions register part of it first
+                self.manager.unregister(obj)
+            detail = self._mismatched_parameters(obj) if isinstance(error, pluggy.PluginValidationError) else ""
+            self.problems.append(f"plugin {plugin.name!r} ({_from(plugin)}) is skipped: "
+                                 f"{detail or ' '.join(_describe(error).split())}")  # pluggy's messages span lines
+            return False
         problem = self._misspelt_hooks(obj)
         collected: list[Component] = []
         if problem is None:
             try:
-                for kind, hook_name in hookspecs.KIND_HOOKS.items():
-                    for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
-                        if impl.plugin is obj:
-                            impl.function(register=_Collector(kind, plugin, collected))
-            except Exception as error:
-                problem = (f"plugin {plugin.name!r} ({_from(plugin)}) failed while registering: "
-                           f"{type(error).__name__}: {error}")
+                with contextlib.redirect_stdout(sys.stderr):
+                    for kind, hook_name in hookspecs.KIND_HOOKS.items():
+                        for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
+                            if impl.plugin is obj:
+                                impl.function(register=_Collector(kind, plugin, collected))
+            except PLUGIN_FAULTS as error:
+                problem = f"plugin {plugin.name!r} ({_from(plugin)}) failed while registering: {_describe(error)}"
         if problem is not None:
             self.manager.unregister(obj)
             self.problems.append(problem)
@@ -148,6 +174,22 @@ class Registry:
             return (f"plugin {self.manager.get_name(obj)!r} implements hooks that do not exist: "
                     f"{details}. Known hooks: {', '.join(known)}")
         return None
+
+    def _mismatched_parameters(self, obj: object) -> str:
+        """pluggy's check of a hook's parameters, reworded to name each hook and what it gives."""
+        details = []
+        for attribute in dir(obj):
+            options = self.manager.parse_hookimpl_opts(obj, attribute)
+            caller = getattr(self.manager.hook, (options or {}).get("specname") or attribute, None)
+            if options is None or caller is None or caller.spec is None:
+                continue
+            required = [name for name, parameter in inspect.signature(getattr(obj, attribute)).parameters.items()
+                        if parameter.default is parameter.empty]  # pluggy passes no argument to the others
+            unknown = [name for name in required if name not in caller.spec.argnames]
+            if unknown:
+                details.append(f"{attribute}({', '.join(required)}) takes {', '.join(map(repr, unknown))}, which the "
+                               f"hook does not give; it gives: {', '.join(caller.spec.argnames)}")
+        return "; ".join(details)
 
     # -- queries --------------------------------------------------------------------------
 
@@ -181,8 +223,15 @@ class Registry:
         return found[0]
 
     def clashes(self) -> list[str]:
-        return [f"{kind} {name!r} is registered by " + " and ".join(repr(c.plugin.name) for c in cs)
+        return [f"{kind} {name!r} is registered by " + " and ".join(sorted(repr(c.plugin.name) for c in cs))
                 for (kind, name), cs in sorted(self._components.items()) if len(cs) > 1]
+
+    def holder_of(self, name: str) -> str | None:
+        """What has ``name`` already, a component of any kind or else a plugin, for a message; None if nothing."""
+        for component in self.components():
+            if component.name == name:
+                return f"{component.kind} {name!r} of plugin {component.plugin.name!r} ({_from(component.plugin)})"
+        return f"plugin {name!r} ({_from(self.plugins[name])})" if name in self.plugins else None
 
     def load(self, kind: str, name: str, backend: str) -> Any:
         """Import and return the implementation of ``kind``/``name`` for ``backend``."""
@@ -197,12 +246,27 @@ class Registry:
         return _resolve(target, component, backend)
 
     def add_commands(self, cli) -> None:
+        """Let each plugin add commands to ``cli``; a command whose name is taken keeps its original."""
+        added_by: dict[str, str] = {}  # command name -> the plugin that added it
         for impl in self.manager.hook.register_commands.get_hookimpls():
+            plugin = self.plugins.get(impl.plugin_name, Plugin(impl.plugin_name))
+            taken = dict(cli.commands)
             try:
-                impl.function(cli=cli)
-            except Exception as error:
-                self.problems.append(f"plugin {impl.plugin_name!r} failed to add commands: "
-                                     f"{type(error).__name__}: {error}")
+                with contextlib.redirect_stdout(sys.stderr):
+                    impl.function(cli=cli)
+            except PLUGIN_FAULTS as error:
+                self._report(f"plugin {plugin.name!r} failed to add commands: {_describe(error)}")
+            for name, command in taken.items():
+                if cli.commands.get(name) is not command:
+                    cli.commands[name] = command
+                    owner = f"added by plugin {added_by[name]!r}" if name in added_by else "a built-in command"
+                    self._report(f"plugin {plugin.name!r} ({_from(plugin)}) cannot replace the command {name!r} "
+                                 f"({owner}); the original is kept")
+            added_by.update(dict.fromkeys(cli.commands.keys() - taken.keys(), plugin.name))
+
+    def _report(self, problem: str) -> None:
+        if problem not in self.problems:  # add_commands runs on every main() of a process (tests, notebooks)
+            self.problems.append(problem)
 
 
 class _Collector:
@@ -262,6 +326,15 @@ _INSTALL_HINTS = {"torch": ("PyTorch", "torch"), "jax": ("JAX", "jax"), "jaxlib"
 def _first_line(obj: object) -> str:
     doc = (getattr(obj, "__doc__", None) or "").strip()
     return doc.splitlines()[0] if doc else ""
+
+
+def _describe(error: BaseException) -> str:
+    """``Type: message``, or the type alone when there is no message (``sys.exit()``)."""
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def _distribution(entry_point: importlib.metadata.EntryPoint) -> str:
+    return entry_point.dist.name if entry_point.dist else ""
 
 
 def _from(plugin: Plugin) -> str:

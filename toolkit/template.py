@@ -7,6 +7,7 @@ shared checks and the parity of its two backends through the toolkit's pytest pl
 
 from __future__ import annotations
 
+import importlib.util
 import keyword
 import re
 import string
@@ -23,6 +24,7 @@ def render_plugin(name: str, out: str | Path) -> list[Path]:
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or keyword.iskeyword(name):
         raise UsageError(f"plugin name {name!r}: expected a lowercase Python identifier such as my_objective "
                          f"(it names the component, the module and the entry point)")
+    _refuse_taken(name)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out} exists and is not empty; choose another --out")
@@ -38,3 +40,17 @@ def render_plugin(name: str, out: str | Path) -> list[Path]:
         target.write_text(string.Template(source.read_text()).substitute(values))
         written.append(target)
     return written
+
+
+def _refuse_taken(name: str) -> None:
+    """Refuse a package that would shadow an importable module, or a name a component or plugin has."""
+    from toolkit.registry import get_registry
+
+    spec = importlib.util.find_spec(name)
+    if spec is not None:
+        where = spec.origin or "a namespace package"
+        raise UsageError(f"plugin name {name!r}: the package {name} would shadow the installed module {name} "
+                         f"({where}); choose another name")
+    holder = get_registry().holder_of(name)
+    if holder is not None:
+        raise UsageError(f"plugin name {name!r}: {holder} has that name already; choose another name")
