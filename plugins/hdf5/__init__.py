@@ -20,10 +20,14 @@ The file format (version 1)
     ``dtype``            ``"uint8"`` or ``"float32"``: the dtype of ``x``
     ``value_range``      ``[lo, hi]``: the range of the stored values, e.g. ``[0, 255]``
     ``source``           where the data came from, as text (a path, ``sklearn:digits``, ...)
-    ``num_classes``      the number of classes; 0 when unlabelled (then there is no ``y``)
+    ``num_classes``      the number of classes, at most 10**6; 0 when unlabelled (then there is no ``y``)
     ``class_names``      optional: a JSON list of ``num_classes`` names, in label order
     ``scale``            optional, default 1.0: the factor latents were multiplied by when
                          stored (recorded for whoever decodes them; the reader does not apply it)
+    ``finite``           optional: 1 when the writer checked every value of ``x`` and ``x_test``
+                         finite (``toolkit data build`` does). Without it, float values are
+                         checked by ``toolkit data info`` (the whole file) and by the dataset (each
+                         block as it is read); NaN or an infinity is an error naming the example
     ``vae``              optional: the folder of the diffusers ``AutoencoderKL`` that encoded
                          ``x`` (written by ``toolkit data encode``, with ``vae_posterior``
                          ``"sample"``/``"mean"`` and ``resolution``, the image side). With it,

@@ -33,8 +33,7 @@ def split_indices(count: int, labels: np.ndarray | None, fraction: float, seed: 
     The test set is ``round(fraction * count)`` examples, stratified: each class gives its share,
     rounded by largest remainder so the total is exact."""
     rng = np.random.default_rng([seed, 7])
-    groups = [np.arange(count)] if labels is None else [
-        np.flatnonzero(labels == c) for c in range(int(labels.max()) + 1)]
+    groups = [np.arange(count)] if labels is None else class_members(labels)
     sizes = np.array([g.size for g in groups])
     exact = fraction * sizes
     takes = np.floor(exact).astype(np.int64)
@@ -51,6 +50,14 @@ def split_indices(count: int, labels: np.ndarray | None, fraction: float, seed: 
     # Stored shuffled: the reader mixes only within a few chunks, so sorted files would give
     # batches of one or two classes.
     return rng.permutation(train), rng.permutation(test)
+
+
+def class_members(labels: np.ndarray) -> list[np.ndarray]:
+    """The indices of each class present in ``labels``, in label order: a class that has no
+    example takes no time (labels may be sparse)."""
+    present, members = np.unique(labels, return_inverse=True)
+    order = np.argsort(members, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(members, minlength=present.size))[:-1])
 
 
 def _size(nbytes: int) -> str:
@@ -120,10 +127,11 @@ def build_file(source: str, out: Path, test_fraction: float | None = None, seed:
 @click.argument("path", metavar="FILE", type=click.Path(dir_okay=False))
 def info(path):
     """Print the metadata of FILE, its sizes, classes and examples per class."""
-    from toolkit.plugins.hdf5.format import inspect_handle, open_file
+    from toolkit.plugins.hdf5.format import check_finite, inspect_handle, open_file
 
     with open_file(path) as handle:
         found = inspect_handle(handle, path)
+        check_finite(handle, found)  # reads the whole file only if its writer did not check the values
         counts = {}
         for split in (found.train, found.test):
             if split is not None and split.y is not None:
@@ -131,6 +139,8 @@ def info(path):
         chunks = handle["x"].chunks
         meta = handle["meta"].attrs
         encoded = {name: meta[name] for name in ("vae", "vae_posterior", "resolution") if name in meta}
+    finite = ("yes (integers)" if np.dtype(found.dtype).kind != "f" else
+              "yes (checked when written)" if found.finite_checked else "yes (checked now)")
     lines = [
         f"file:            {path} ({_size(Path(path).stat().st_size)})",
         f"format_version:  {found.format_version}",
@@ -140,6 +150,7 @@ def info(path):
         f"shape:           {found.shape}",
         f"dtype:           {found.dtype}",
         f"value_range:     [{_number(found.value_range[0])}, {_number(found.value_range[1])}]",
+        f"finite values:   {finite}",
         f"scale:           {_number(found.scale)}",
         f"chunks:          {chunks if chunks else 'none (contiguous)'}",
         f"num_classes:     {found.num_classes}",

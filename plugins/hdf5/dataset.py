@@ -32,7 +32,7 @@ import numpy as np
 from toolkit.errors import UsageError
 from toolkit.interfaces import Batch, DataSpec
 from toolkit.plugins.hdf5 import HDF5Options
-from toolkit.plugins.hdf5.format import DataError, FileInfo, Split, inspect_file
+from toolkit.plugins.hdf5.format import DataError, FileInfo, Split, first_non_finite, inspect_file, non_finite_error
 from toolkit.plugins.hdf5.latents import check_normalize, dataset_decoder
 
 #: Blocks per shuffle window: more mixes better, and needs more blocks in memory at once.
@@ -150,6 +150,11 @@ class HDF5Dataset:
         except OSError as error:
             raise DataError(self.options.path, f"cannot read rows {start}:{stop} of {split.x!r} ({error}); "
                                                f"the file may be damaged") from None
+        # A file whose writer did not check its values is checked here, a block as it is read: no
+        # read of its own (a whole-file scan at each start would cost minutes on large latents).
+        bad = None if self.info.finite_checked else first_non_finite(x)
+        if bad is not None:
+            raise non_finite_error(self.options.path, f"{split.x!r}[{start + bad}]")
         self.reads += 1
         return x, y
 

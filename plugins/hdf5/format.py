@@ -8,6 +8,7 @@ error, say what is wrong and what was expected.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -28,6 +29,12 @@ MAX_CHUNK_ROWS = 256
 MAX_CHUNK_BYTES = 16 * 2**20
 #: How many labels are checked per read when validating ``y`` (bounded memory on huge files).
 LABEL_SLICE = 2**20
+#: Labels must lie in [0, MAX_CLASSES). The largest labelled image sets have about 2e4 classes
+#: (ImageNet-21k: 21,841), and a class-conditional model holds weights per class (a million
+#: classes of width 1024 are 4 GiB of float32): a label beyond this is an identifier or a
+#: corrupt value, not a class index, and would make the split and the per-class counts loop
+#: over that many classes.
+MAX_CLASSES = 10**6
 BUILT_BY = "toolkit data build"
 
 
@@ -64,6 +71,8 @@ class FileInfo:
     format_version: int
     train: Split
     test: Split | None
+    #: every value is known to be finite: integers, or floats the writer checked (meta ``finite``)
+    finite_checked: bool = False
 
     @property
     def labelled(self) -> bool:
@@ -146,8 +155,9 @@ def inspect_handle(handle: h5py.File, path: str | os.PathLike) -> FileInfo:
         raise fail(f"meta value_range is {list(value_range)}; expected [lo, hi] with lo < hi, the range of "
                    f"the stored values (e.g. [0, 255] for uint8 images)")
     num_classes = _int_attr(meta, "num_classes", path)
-    if num_classes < 0:
-        raise fail(f"meta num_classes is {num_classes}; expected 0 (unlabelled) or the number of classes")
+    if not 0 <= num_classes <= MAX_CLASSES:
+        raise fail(f"meta num_classes is {num_classes}; expected 0 (unlabelled) or the number of classes, "
+                   f"at most {MAX_CLASSES}")
     class_names = None
     if "class_names" in meta.attrs:
         class_names = _class_names(meta.attrs["class_names"], num_classes, path)
@@ -155,6 +165,7 @@ def inspect_handle(handle: h5py.File, path: str | os.PathLike) -> FileInfo:
     if not math.isfinite(scale) or scale == 0:
         raise fail(f"meta scale is {scale}; expected a finite, non-zero number (1.0 unless latents were scaled)")
     source = str(meta.attrs.get("source", ""))
+    finite_checked = x.dtype.kind != "f" or bool(meta.attrs.get("finite", False))
 
     train = _split(handle, "x", "y", num_classes, path, expected_shape=None)
     test = None
@@ -170,7 +181,7 @@ def inspect_handle(handle: h5py.File, path: str | os.PathLike) -> FileInfo:
     elif "y_test" in handle:
         raise fail("has 'y_test' but no 'x_test'; expected both or neither")
     return FileInfo(str(path), shape, dtype, (value_range[0], value_range[1]), source, num_classes,
-                    class_names, scale, version, train, test)
+                    class_names, scale, version, train, test, finite_checked)
 
 
 def _dataset(handle: h5py.File, name: str, path, required: bool) -> h5py.Dataset | None:
@@ -240,6 +251,37 @@ def _class_names(raw, num_classes: int, path) -> tuple[str, ...]:
     return tuple(names)
 
 
+def first_non_finite(x, rows: int = MAX_CHUNK_ROWS) -> int | None:
+    """Index of the first example of ``x`` (an array or an HDF5 dataset, read ``rows`` at a time)
+    that holds NaN or an infinity; None when there is none."""
+    if x.dtype.kind != "f":
+        return None
+    for start in range(0, x.shape[0], rows):
+        block = np.asarray(x[start:start + rows])
+        bad = np.flatnonzero(~np.isfinite(block.reshape(len(block), -1)).all(axis=1))
+        if bad.size:
+            return start + int(bad[0])
+    return None
+
+
+def non_finite_error(where: str | os.PathLike, example: str) -> DataError:
+    """The error for NaN or an infinity in ``example`` of ``where``: it would make training diverge."""
+    return DataError(where, f"{example} holds NaN or infinite values; expected finite numbers (training on them "
+                            f"diverges)")
+
+
+def check_finite(handle: h5py.File, info: FileInfo) -> None:
+    """Read every example of a file whose values were not checked when written (one chunk at a
+    time), and raise :func:`non_finite_error` for the first that is not finite."""
+    if info.finite_checked:
+        return
+    for split in (info.train, info.test):
+        if split is not None:
+            bad = first_non_finite(handle[split.x], split.chunk_rows)
+            if bad is not None:
+                raise non_finite_error(info.path, f"{split.x!r}[{bad}]")
+
+
 # -- writing -----------------------------------------------------------------------------------
 
 
@@ -279,13 +321,13 @@ def write_file(out: Path, meta: Meta, read: Callable[[np.ndarray], np.ndarray], 
     if not out.parent.is_dir():
         raise UsageError(f"{out.parent} does not exist; create the folder first or choose another --out")
     fd, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
-    os.close(fd)
+    disk = _GuardedFile(fd)
     try:
-        with h5py.File(temporary, "w") as handle:
+        with disk, h5py.File(disk, "w") as handle:
             for x_name, y_name, indices in (("x", "y", train), ("x_test", "y_test", test)):
                 if x_name == "x_test" and len(indices) == 0:
                     continue  # no test set: the reader holds out from x instead
-                _write_split(handle, x_name, y_name, meta, read, labels, indices, progress)
+                _write_split(handle, x_name, y_name, meta, read, labels, indices, progress, disk)
             group = handle.create_group("meta")
             group.attrs["format_version"] = np.int64(FORMAT_VERSION)
             group.attrs["shape"] = np.asarray(meta.shape, dtype=np.int64)
@@ -296,25 +338,111 @@ def write_file(out: Path, meta: Meta, read: Callable[[np.ndarray], np.ndarray], 
             if meta.class_names is not None:
                 group.attrs["class_names"] = json.dumps(list(meta.class_names))
             group.attrs["scale"] = float(meta.scale)
+            group.attrs["finite"] = np.int64(1)  # _write_split checked every value: readers need not
             group.attrs["built_by"] = BUILT_BY
+        disk.raise_error()  # a write that failed while HDF5 closed the file
         os.replace(temporary, out)  # atomic on one file system: readers see the old file or the new
     except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         if isinstance(error, OSError):
-            raise ToolkitError(f"{out}: cannot write ({error.strerror or error})") from error
+            needed = (len(train) + len(test)) * int(np.prod(meta.shape)) * np.dtype(meta.dtype).itemsize
+            full = f"; it needs about {needed / 2**20:.1f} MiB" if error.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+            raise ToolkitError(f"{out}: cannot write ({error.strerror or error}){full}") from error
         raise
+
+
+class _GuardedFile:
+    """The temporary file as HDF5 writes it (h5py's ``fileobj`` driver), so that a failed write
+    never reaches HDF5: HDF5 cannot close a file one of whose writes failed, and the process
+    then crashes at exit (h5py/h5py#914, #2160; a full disk gave exit 139). The first error is
+    kept; later writes are dropped and reported done, so HDF5 closes cleanly, and the writer
+    gives up at its next :meth:`raise_error`."""
+
+    def __init__(self, fd: int):
+        self.fd, self.position, self.size = fd, 0, 0
+        self.error: OSError | None = None
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.position, os.SEEK_END: self.size}[whence]
+        self.position = base + offset
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))
+        view[:] = data
+        return len(view)
+
+    def read(self, size: int) -> bytes:
+        data = b""
+        if self.error is None:
+            try:
+                data = os.pread(self.fd, size, self.position)
+            except OSError as error:
+                self.error = error
+        self.position += size
+        return data.ljust(size, b"\0")  # as HDF5's own driver: past the end (or a dropped write), zeros
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        if self.error is None:
+            try:
+                done = 0
+                while done < len(view):  # a write may stop short as the disk fills: go on until it fails
+                    done += os.pwrite(self.fd, view[done:], self.position + done)
+            except OSError as error:
+                self.error = error
+        self.position += len(view)
+        self.size = max(self.size, self.position)
+        return len(view)
+
+    def truncate(self, size: int) -> int:
+        if self.error is None:
+            try:
+                os.ftruncate(self.fd, size)
+            except OSError as error:
+                self.error = error
+        self.size = size
+        return size
+
+    def flush(self) -> None:
+        """Nothing to do: every write is a system call of its own (leaving commits them)."""
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def __enter__(self) -> "_GuardedFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Commit the writes (some file systems report a full disk only then: NFS, quotas) and close."""
+        try:
+            if self.error is None:
+                os.fsync(self.fd)
+        except OSError as error:
+            self.error = error
+        finally:
+            os.close(self.fd)
 
 
 def _write_split(handle: h5py.File, x_name: str, y_name: str, meta: Meta,
                  read: Callable[[np.ndarray], np.ndarray], labels: np.ndarray | None, indices: np.ndarray,
-                 progress: Callable[[int], None] | None) -> None:
+                 progress: Callable[[int], None] | None, disk: _GuardedFile) -> None:
     count = len(indices)
     rows = chunk_rows(count, meta.shape, np.dtype(meta.dtype))
     x = handle.create_dataset(x_name, shape=(count, *meta.shape), dtype=meta.dtype, chunks=(rows, *meta.shape))
     for start in range(0, count, rows):
         block = read(indices[start:start + rows])
+        bad = first_non_finite(block)
+        if bad is not None:
+            raise non_finite_error(meta.source, f"example {int(indices[start + bad])}")
         x[start:start + len(block)] = block
+        disk.raise_error()  # a full disk: give up now, not after reading the rest of the source
         if progress is not None:
             progress(len(block))
     if labels is not None:

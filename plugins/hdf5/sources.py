@@ -9,6 +9,7 @@ examples asked for, so the writer can stream a folder larger than memory.
 from __future__ import annotations
 
 import importlib
+import os
 from importlib import metadata
 from pathlib import Path
 from typing import Callable
@@ -17,7 +18,7 @@ import attrs
 import numpy as np
 
 from toolkit.errors import UsageError, did_you_mean
-from toolkit.plugins.hdf5.format import DataError, Meta
+from toolkit.plugins.hdf5.format import MAX_CLASSES, DataError, Meta, first_non_finite, non_finite_error
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 GRAY_MODES = {"1", "L", "LA", "La"}
@@ -94,7 +95,7 @@ def from_arrays(x: np.ndarray, y: np.ndarray | None, origin: str, source: str,
         raise DataError(origin, f"the examples have dtype {x.dtype}; expected integers or floats")
     lo, hi = float(x.min()), float(x.max())
     if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise DataError(origin, "the examples hold NaN or infinite values; expected finite numbers")
+        raise non_finite_error(origin, f"example {first_non_finite(x)}")
     if x.dtype == np.uint8:
         dtype, value_range = np.uint8, (0.0, 255.0)
     elif x.dtype.kind in "iu" and lo >= 0 and hi <= 255:
@@ -138,13 +139,17 @@ def _labels(y: np.ndarray | None, count: int, origin: str) -> tuple[np.ndarray |
     if y.shape != (count,):
         raise DataError(origin, f"the labels have shape {y.shape} but there are {count} examples; expected one "
                                 f"label per example: shape ({count},)")
-    if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+    if y.dtype.kind in "iuf":  # before any conversion, which would wrap a huge label around
+        outside = np.flatnonzero(~((y >= 0) & (y < MAX_CLASSES)))
+        if outside.size:
+            first = int(outside[0])
+            raise DataError(origin, f"label {y[first]} (example {first}) is not a class index; expected labels "
+                                    f"in [0, {MAX_CLASSES}): 0, 1, ... for the classes")
+    if y.dtype.kind == "f" and np.all(y == np.round(y)):
         y = y.astype(np.int64)  # labels saved as floats, but whole numbers
     if y.dtype.kind not in "iub":
         raise DataError(origin, f"the labels have dtype {y.dtype}; expected integer class indices")
     y = y.astype(np.int64)
-    if count and y.min() < 0:
-        raise DataError(origin, f"label {int(y.min())} is negative; expected class indices 0, 1, ...")
     return y, int(y.max()) + 1
 
 
@@ -311,7 +316,9 @@ def list_images(root: Path) -> tuple[list[Path], np.ndarray | None, tuple[str, .
         if not files:
             raise DataError(root, f"holds no images ({', '.join(IMAGE_SUFFIXES)}) and no class sub-folders; "
                                   f"expected one sub-folder of images per class")
+        _refuse_duplicates(files)
         return files, None, None, skipped
+    _refuse_overlapping_classes(root, classes)
     files, labels, skipped = [], [], 0
     for label, folder in enumerate(classes):
         found, ignored = _image_files(folder, recursive=True)
@@ -321,7 +328,41 @@ def list_images(root: Path) -> tuple[list[Path], np.ndarray | None, tuple[str, .
         files += found
         labels += [label] * len(found)
         skipped += ignored
+    _refuse_duplicates(files)
     return files, np.asarray(labels, dtype=np.int64), tuple(d.name for d in classes), skipped
+
+
+def _refuse_overlapping_classes(root: Path, classes: list[Path]) -> None:
+    """A class folder that is (a symbolic link to) another class folder, a folder inside one, or
+    ``root`` itself would give the same images two labels."""
+    def real(folder: Path) -> str:
+        return os.path.join(folder.resolve(), "")  # with a final separator: /a/b is not inside /a/bc
+
+    inside = real(root)
+    for folder in classes:
+        if inside.startswith(real(folder)):
+            raise DataError(folder, f"class folder {folder.name!r} is {folder.resolve()} (a symbolic link?), which "
+                                    f"holds {root} itself; expected each class in a folder of its own")
+    # Sorted, a folder comes right before the folders inside it: neighbours are enough to compare.
+    ordered = sorted((real(folder), folder) for folder in classes)
+    for (outer, folder), (path, other) in zip(ordered, ordered[1:]):
+        if path.startswith(outer):
+            same = "is the same folder as" if path == outer else "holds"
+            raise DataError(root, f"class folder {folder.name!r} {same} class folder {other.name!r} ({folder} is "
+                                  f"{folder.resolve()}, {other} is {other.resolve()}: a symbolic link?); expected "
+                                  f"each class in a folder of its own")
+
+
+def _refuse_duplicates(files: list[Path]) -> None:
+    """The same file reached twice (a symbolic or hard link) would be stored twice, perhaps under
+    two labels."""
+    seen: dict[tuple[int, int], Path] = {}
+    for path in files:
+        status = path.stat()
+        first = seen.setdefault((status.st_dev, status.st_ino), path)
+        if first is not path:
+            raise DataError(path, f"is the same file as {first} (a symbolic or hard link); expected each image "
+                                  f"once")
 
 
 def _image_files(folder: Path, recursive: bool) -> tuple[list[Path], int]:
