@@ -617,7 +617,7 @@ def _convert(tp: Any, value: Any, ctx: _Context, key: str) -> Any:
     raise ctx.error(key, f"got {quoted(value)} ({type(value).__name__}), expected {_name(tp)}")
 
 
-def _number(value: Any) -> float | None:
+def _number(value: Any) -> int | float | None:
     """A real number from YAML; strings like ``1e-4`` count (YAML 1.1 reads them as text)."""
     if isinstance(value, bool):
         return None

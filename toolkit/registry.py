@@ -98,7 +98,7 @@ class Registry:
         entry_points = importlib.metadata.entry_points(group=group)
         for entry_point in sorted(entry_points, key=lambda e: (_distribution(e) != DISTRIBUTION, e.name)):
             dist = entry_point.dist
-            plugin = Plugin(entry_point.name, dist.name if dist else "", dist.version if dist else "")
+            plugin = Plugin(entry_point.name, _distribution(entry_point), dist.version if dist else "")
             names = {plugin.name, plugin.distribution}
             if (allow is not None and not names & allow) or names & block:
                 continue
