@@ -4,6 +4,7 @@ reproducible, that it learns, and that divergence stops it cleanly."""
 from __future__ import annotations
 
 import json
+import os
 
 import attrs
 import numpy as np
@@ -241,6 +242,45 @@ def test_torch_device_option(tmp_path):
         with pytest.raises(UsageError, match=f"backend.torch.device: got '{device}'.*{message}"):
             toy_run("torch", tmp_path / device, "run.steps=5", f"backend.torch.device={device}")
 
+
+
+def test_torch_threads_option(tmp_path, monkeypatch):
+    """``backend.torch.threads`` sets torch's CPU threads; ``auto`` follows OMP_NUM_THREADS, else
+    the CPUs the process may use; anything else is a clear error."""
+    import torch
+
+    from toolkit.backends.torch import TorchOptions
+    from toolkit.errors import ConfigError
+
+    before = torch.get_num_threads()
+    try:
+        toy_run("torch", tmp_path / "one", "run.steps=2", "eval.num_samples=50", "backend.torch.threads=1")
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert TorchOptions().thread_count() == 3
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert TorchOptions().thread_count() == len(os.sched_getaffinity(0))
+        for wrong, expected in (("0", "auto or a number of threads >= 1"), ("'many'", "an integer or 'auto'")):
+            with pytest.raises(ConfigError, match=f"backend.torch.threads: got {wrong}, expected {expected}"):
+                toy_run("torch", tmp_path / "wrong", "run.steps=2", f"backend.torch.threads={wrong.strip(chr(39))}")
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_torch_backend_sets_a_sleeping_openmp_wait_policy():
+    """Waiting OpenMP threads sleep unless the user chose otherwise (benchmarks/shared_cpu.py: a
+    spinning wait is what makes a shared CPU collapse), set before torch loads OpenMP."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys; import toolkit.backends.torch; assert 'torch' not in sys.modules; "
+            "print(os.environ['OMP_WAIT_POLICY'])")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    chosen = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert chosen.stdout.strip() == "PASSIVE"
+    kept = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                          capture_output=True, text=True, check=True)
+    assert kept.stdout.strip() == "ACTIVE"
 
 def test_smoke_runs_without_the_data_and_a_missing_file_says_how_to_make_it(backend, tmp_path, capsys):
     from toolkit.cli import main

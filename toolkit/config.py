@@ -635,6 +635,11 @@ def _number(value: Any) -> int | float | None:
 
 
 def _name(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_name(a) for a in args if a is not type(None))
+    if origin is Literal:
+        return " or ".join(map(repr, args))
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
         tp, getattr(tp, "__name__", str(tp)))
 

@@ -43,6 +43,8 @@ class TorchEngine:
         self.dtype = DTYPES[config.run.dtype]
         self.options = config.backend_options("torch", TorchOptions())
         self.device = _device(self.options.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(self.options.thread_count())  # process-wide, like the generator
         backbone = registry.load("backbone", config.model.name, "torch")
         # initialised on the CPU (the same weights whatever the device), then moved; from the
         # run's seed, in a fork of torch's global generator that leaves it as it was
