@@ -17,6 +17,29 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0)
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
 
 
+def group_norm(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """``torch.nn.functional.group_norm``; while ``torch.compile`` traces, written from primitive
+    operations, because Dynamo cannot trace group_norm inside ``torch.func.jvp`` or under dual
+    tensors (pytorch/pytorch issue 152185). Eager calls keep the fused kernel. The primitive form
+    computes in at least float32, as autocast runs group_norm."""
+    if not torch.compiler.is_compiling():
+        return torch.nn.functional.group_norm(x, groups, weight, bias, eps)
+    h = x.to(torch.promote_types(x.dtype, torch.float32)).reshape(x.shape[0], groups, -1)
+    mean = h.mean(-1, keepdim=True)
+    variance = (h - mean).square().mean(-1, keepdim=True)
+    h = ((h - mean) * torch.rsqrt(variance + eps)).reshape(x.shape)
+    channel = (1, -1) + (1,) * (x.dim() - 2)
+    return h * weight.reshape(channel) + bias.reshape(channel)
+
+
+class GroupNorm(torch.nn.GroupNorm):
+    """``torch.nn.GroupNorm`` (same parameters and names) that ``torch.compile`` can trace
+    through a JVP: see :func:`group_norm`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
 def full_precision(like: torch.Tensor):
     """A region that autocast does not reach, on ``like``'s device. The authors take the JVP
     and the loss outside autocast (Gsunshine/py-meanflow at 1f6d72d,

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from toolkit.backends.torch.attention import attention
-from toolkit.backends.torch.ops import dropout, sinusoidal_embedding
+from toolkit.backends.torch.ops import GroupNorm, dropout, sinusoidal_embedding
 from toolkit.conditions import embedded_conditions, embedded_times, time_input_count
 from toolkit.plugins.unet import EMBED_MULT, SKIP_SCALE, check_image_spec, layout
 
@@ -56,12 +56,12 @@ class Block(nn.Module):
         super().__init__()
         self.resample, self.heads = b.resample, heads
         self.dropout_rate, self.site = dropout_rate, site  # site: this block's dropout-mask number
-        self.norm0, self.conv0 = nn.GroupNorm(groups, b.cin, eps), conv(b.cin, b.cout, 3)
+        self.norm0, self.conv0 = GroupNorm(groups, b.cin, eps), conv(b.cin, b.cout, 3)
         self.affine = linear(embed_dim, 2 * b.cout)
-        self.norm1, self.conv1 = nn.GroupNorm(groups, b.cout, eps), conv(b.cout, b.cout, 3, gain=0)
+        self.norm1, self.conv1 = GroupNorm(groups, b.cout, eps), conv(b.cout, b.cout, 3, gain=0)
         self.skip = conv(b.cin, b.cout, 1) if b.cin != b.cout or b.resample else None
         if b.attention:
-            self.norm2 = nn.GroupNorm(groups, b.cout, eps)
+            self.norm2 = GroupNorm(groups, b.cout, eps)
             self.qkv, self.proj = conv(b.cout, 3 * b.cout, 1, gain=math.sqrt(0.2)), conv(b.cout, b.cout, 1, gain=0)
         else:
             self.norm2 = self.qkv = self.proj = None
@@ -102,7 +102,7 @@ class UNet(nn.Module):
         self.encoder, self.middle, self.decoder = (
             nn.ModuleList(Block(b, embed_dim, o.heads, o.groups, o.norm_eps, o.dropout, next(sites)) for b in blocks)
             for blocks in (encoder, middle, decoder))
-        self.norm_out = nn.GroupNorm(o.groups, decoder[-1].cout, o.norm_eps)
+        self.norm_out = GroupNorm(o.groups, decoder[-1].cout, o.norm_eps)
         self.conv_out = conv(decoder[-1].cout, channels, 3, gain=0)
 
     def forward(self, x, t, r, y=None, conditions=None, dropout_seed=None):
