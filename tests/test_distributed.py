@@ -152,7 +152,7 @@ DDP_GRADIENTS = """
         scale = max(float(p.grad.abs().max()) for p in reference.parameters())
         error = max(float((p.grad - q.grad).abs().max()) for p, q in zip(engine.model.parameters(),
                                                                           reference.parameters()))
-        report.append({"gradient_error": error / scale, "loss": values["loss"], "reference_loss": float(loss),
+        report.append({"gradient_error": error / scale, "loss": float(values["loss"]), "reference_loss": float(loss),
                        "replica_divergence": engine.replicas.divergence(engine.model)})
     if engine.is_main:
         print(json.dumps({"world_size": engine.replicas.world_size, "jvp": engine.options.jvp, "steps": report}))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 
 import equinox as eqx
 import jax
@@ -13,7 +12,6 @@ import optax
 
 from toolkit.backends.jax.sharding import data_sharding
 from toolkit.backends.jax.weights import load_named_arrays, named_arrays
-from toolkit.errors import DivergenceError
 from toolkit.interfaces import in_numerics
 
 
@@ -67,7 +65,6 @@ class JaxEngine:
         # ``train_step`` share one compilation of the loss.
         self._grads = eqx.filter_jit(self._loss_and_grads)
         self._update = eqx.filter_jit(self._make_update(o.grad_clip), donate="all")
-        self._norm = eqx.filter_jit(optax.tree.norm)
         self._call = eqx.filter_jit(lambda m, z, t, r, y, c: jax.vmap(m)(z, t, r, y, c))
         self._regression = eqx.filter_jit(lambda m, x, y, draws, noise: self.objective.regression(m, x, y, draws, noise))
         self._jvp = eqx.filter_jit(lambda m, x, t, r, y, c, v: jax.jvp(
@@ -78,14 +75,20 @@ class JaxEngine:
         return eqx.filter_value_and_grad(loss_fn, has_aux=True)(model)
 
     def _make_update(self, clip):
-        def update(model, opt_state, grads, lr):
+        def update(model, opt_state, grads, loss, lr):
             grad_norm = optax.tree.norm(grads)
+            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
             if clip is not None:  # the same rule as torch.nn.utils.clip_grad_norm_
                 scale = jnp.minimum(1.0, clip / (grad_norm + 1e-6))
                 grads = jax.tree_util.tree_map(lambda g: g * scale, grads)
             opt_state.hyperparams["learning_rate"] = lr
-            updates, opt_state = self.tx.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
-            return eqx.apply_updates(model, updates), opt_state, grad_norm
+            updates, new_state = self.tx.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
+            # Decided on the device, so the host need not read the loss back every step: a
+            # non-finite step leaves the weights and AdamW's state (count included) as they were.
+            keep = lambda new, old: jnp.where(finite, new, old) if eqx.is_array(new) else new  # noqa: E731
+            model = jax.tree_util.tree_map(keep, eqx.apply_updates(model, updates), model)
+            # the loss goes back out because ``donate="all"`` hands its buffer to the program
+            return model, jax.tree_util.tree_map(keep, new_state, opt_state), loss, grad_norm
 
         return update
 
@@ -122,13 +125,9 @@ class JaxEngine:
     def train_step(self, batch, draws, lr, noise):
         (loss, parts), grads = self._grads(self.model, *self.sharding.shard(
             self.array(batch.x), self.array(batch.y), {k: self.array(v) for k, v in draws.items()}, self.array(noise)))
-        loss_value, grad_norm = float(loss), float(self._norm(grads))
-        if not math.isfinite(loss_value) or not math.isfinite(grad_norm):
-            # Checked before the update, which consumes the state: the model stays at the last finite step.
-            raise DivergenceError(f"non-finite {'loss' if not math.isfinite(loss_value) else 'gradient'} "
-                                  f"(loss {loss_value}, gradient norm {grad_norm})")
-        self.model, self.opt_state, _ = self._update(self.model, self.opt_state, grads, jnp.asarray(lr, self.dtype))
-        return {"loss": loss_value, "grad_norm": grad_norm, **{k: float(v) for k, v in parts.items()}}
+        self.model, self.opt_state, loss, grad_norm = self._update(self.model, self.opt_state, grads, loss,
+                                                                   jnp.asarray(lr, self.dtype))
+        return {"loss": loss, "grad_norm": grad_norm, **parts}  # on the device: nothing here waits for the step
 
     @in_numerics
     def sample(self, sampler, noise, y):
