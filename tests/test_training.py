@@ -256,6 +256,7 @@ def test_smoke_runs_without_the_data_and_a_missing_file_says_how_to_make_it(back
                  "--set", "data.num_classes=10"]) == 0
     printed = json.loads(capsys.readouterr().out)  # no metric: what was run, and how long it took
     assert {key: printed.pop(key) for key in ("step", "nfe", "weights")} == {"step": 3, "nfe": 1, "weights": "ema 0.999"}
+    assert printed.pop("compile_seconds") >= 0  # the first step's time beyond the steady-state one
     assert set(printed) == {"loss", "seconds_per_step", "wall_seconds"} and all(v > 0 for v in printed.values())
     arrays, meta = load_checkpoint(tmp_path / "smoke" / "checkpoints" / "step_00000003.safetensors")
     assert meta["config"]["data"] == {"name": "synthetic", "shape": [1, 8, 8], "num_classes": 10}

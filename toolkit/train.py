@@ -123,8 +123,10 @@ def train(config: Config, backend: str, registry, out_dir: Path | None = None,
 
     ``metrics.json`` holds the metric at the sampler's NFE (``<metric>``, with its anchors) and at
     each of ``eval.nfe`` (``<metric>_<n>nfe``), the final training loss, and ``seconds_per_step``:
-    the wall time of the training steps alone (no evaluation, pictures or checkpoints), over the
-    steps this process ran; ``wall_seconds``: all of this call, evaluation included.
+    the steady-state wall time of a training step (no evaluation, pictures or checkpoints), over
+    the steps this process ran after its first; ``compile_seconds``: how much longer the first
+    step took (JAX's jit and ``torch.compile`` compile in it); both None when it ran fewer than
+    two steps; ``wall_seconds``: all of this call, evaluation included.
 
     The engine's step leaves its values on the device and skips its own update when the loss or
     the gradient norm is not finite. The loop reads them back only at the first step and where
@@ -181,7 +183,7 @@ def _train(config: Config, backend: str, registry, out_dir: Path, progress: bool
     log = EventLog(out_dir, purge_step=start + 1 if start else None) if main else _NoLog()
     bar = _progress(steps, main and (config.logging.progress if progress is None else progress), start)
     last_time, last_step, last_saved = time.perf_counter(), start, restored[0] if restored else None
-    train_seconds = 0.0
+    first_step_seconds, train_seconds = None, 0.0  # the first step (compiling) apart from the rest
     unread: list[tuple[int, Mapping]] = []  # the values of the steps since they were last read
     try:
         for step in range(start + 1, steps + 1):
@@ -210,7 +212,11 @@ def _train(config: Config, backend: str, registry, out_dir: Path, progress: bool
             if step == start + 1 or logs or evaluates or pictures or saves:
                 values = _read(unread, last_saved)
                 unread, loss = [], values["loss"]
-            train_seconds += time.perf_counter() - step_began
+            step_seconds = time.perf_counter() - step_began
+            if step == start + 1:
+                first_step_seconds = step_seconds
+            else:
+                train_seconds += step_seconds
             logged = {}
             if logs:
                 now = time.perf_counter()
@@ -218,7 +224,8 @@ def _train(config: Config, backend: str, registry, out_dir: Path, progress: bool
                 logged = {**values, "lr": lr, "steps_per_second": rate, "samples_per_second": rate * run.batch_size}
                 log.scalars(logged, step, prefix="train/")
                 bar.update(step, loss, rate)
-                last_time, last_step = now, step
+            if step == start + 1 or logs:  # the rate of the steps after the first, which compiles
+                last_time, last_step = time.perf_counter(), step
             if main and evaluates:
                 measured = evaluate_nfes(config, backend, registry, engine, dataset, step, metric)
                 log.scalars(measured, step, prefix="eval/")
@@ -249,7 +256,9 @@ def _train(config: Config, backend: str, registry, out_dir: Path, progress: bool
             if on_log is not None:
                 on_log(steps, {f"eval/{key}": value for key, value in measured.items()})
         ran = steps - start
-        results.update({"loss": loss, "seconds_per_step": train_seconds / ran if ran else None,
+        steady = train_seconds / (ran - 1) if ran > 1 else None
+        results.update({"loss": loss, "seconds_per_step": steady,
+                        "compile_seconds": max(0.0, first_step_seconds - steady) if steady is not None else None,
                         "wall_seconds": time.perf_counter() - began})
         title = f"{config.run.name} ({backend}), step {steps}, {results['nfe']} NFE, {results['weights']} weights"
         if samples.ndim == 2 and picturable(samples):  # points: all of them, beside the held-out data
