@@ -192,7 +192,7 @@ JAX_SHARDING = """
     noise = rng.standard_normal(batch.x.shape, dtype=np.float32)
     x, y, d, n = engine.sharding.shard(engine.array(batch.x), engine.array(batch.y),
                                        {k: engine.array(v) for k, v in draws.items()}, engine.array(noise))
-    program = engine._grads.lower(engine.model, x, y, d, n).compile().compiled.as_text()
+    program = engine._grads.lower(engine.model, x, y, d, n).compile().as_text()
     engine.train_step(batch, draws, 1e-3, noise)
     weights = [leaf for leaf in jax.tree_util.tree_leaves((engine.model, engine.opt_state))
                if isinstance(leaf, jax.Array)]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import warnings
+from typing import Callable, Literal
 
 import equinox as eqx
 import jax
@@ -59,12 +62,12 @@ class JaxEngine:
         # Donation: the step and the averaging write their results into the buffers of the
         # state they replace, instead of holding old and new weights and AdamW moments at once
         # (4 x the parameters more: 10 GiB for DiT-XL/2).
-        self._ema = eqx.filter_jit(_update_averages, donate="all-except-first")
+        self._ema = _jit(_update_averages, donate="all-except-first")
         # Compiled once each (op by op, a conv net's gradient takes minutes on the CPU). The
         # gradient and the update are separate programs so that ``gradients`` (parity) and
         # ``train_step`` share one compilation of the loss.
-        self._grads = eqx.filter_jit(self._loss_and_grads)
-        self._update = eqx.filter_jit(self._make_update(o.grad_clip), donate="all")
+        self._grads = _jit(self._loss_and_grads)
+        self._update = _jit(self._make_update(o.grad_clip), donate="all")
         self._call = eqx.filter_jit(lambda m, z, t, r, y, c: jax.vmap(m)(z, t, r, y, c))
         self._regression = eqx.filter_jit(lambda m, x, y, draws, noise: self.objective.regression(m, x, y, draws, noise))
         self._jvp = eqx.filter_jit(lambda m, x, t, r, y, c, v: jax.jvp(
@@ -183,6 +186,55 @@ class JaxEngine:
     @in_numerics
     def load_state_arrays(self, arrays):
         self.model = self.sharding.replicate(load_named_arrays(self.model, arrays))
+
+
+def _jit(fun: Callable, donate: Literal["none", "all", "all-except-first"] = "none") -> Callable:
+    """``eqx.filter_jit`` without its wait: Equinox blocks until every call's program has run (to
+    raise ``eqx.error_if`` errors at the call), and so would make each training step wait for the
+    device. As there, the arrays of the arguments are traced, their other leaves are static, and
+    ``donate`` hands the arguments' buffers to the program."""
+    def run(first, rest, static):
+        out = fun(*(_join(arrays, other) for arrays, other in zip((first, *rest), static.value)))
+        dynamic, static_out = _split(out)
+        return dynamic, _Static(static_out)
+
+    jitted = jax.jit(run, static_argnums=2,
+                     donate_argnums={"none": (), "all": (0, 1), "all-except-first": (1,)}[donate])
+
+    def arguments(args):
+        dynamic, static = zip(*map(_split, args))
+        return dynamic[0], dynamic[1:], _Static(static)
+
+    def call(*args):
+        with warnings.catch_warnings():
+            # as Equinox: buffers no output can reuse (the gradients) are simply freed
+            warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+            out, static_out = jitted(*arguments(args))
+        return _join(out, static_out.value)
+
+    call.lower = lambda *args: jitted.lower(*arguments(args))  # the program, as jax.jit's
+    return call
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class _Static:
+    """What a pytree holds besides arrays (its structure, functions, numbers): hashable, so it
+    keys ``jax.jit``'s cache as a static argument and leaves a program in its outputs' structure."""
+
+    value: tuple
+
+
+def _split(tree) -> tuple[list, tuple]:
+    """``tree``'s leaves, arrays kept and the others None, and (its structure, the others)."""
+    leaves, structure = jax.tree_util.tree_flatten(tree)
+    return ([leaf if eqx.is_array(leaf) else None for leaf in leaves],
+            (structure, tuple(None if eqx.is_array(leaf) else leaf for leaf in leaves)))
+
+
+def _join(arrays: list, static: tuple):
+    structure, others = static
+    return jax.tree_util.tree_unflatten(structure, [a if o is None else o for a, o in zip(arrays, others)])
 
 
 def _update_averages(model, averages, decays):
