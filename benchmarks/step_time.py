@@ -45,7 +45,7 @@ def measure(variant: str, objective: str, args) -> tuple[float, float]:
         batch = Batch(rng.standard_normal((args.batch, *spec.shape)))
         draws, noise = draw(rng, args.batch, 0, spec), rng.standard_normal((args.batch, *spec.shape), dtype=np.float32)
         started = time.perf_counter()
-        engine.train_step(batch, draws, 1e-4, noise)
+        float(engine.train_step(batch, draws, 1e-4, noise)["grad_norm"])  # waits for the step's update
         return time.perf_counter() - started
 
     warm = [step() for _ in range(args.warmup)]

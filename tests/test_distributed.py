@@ -152,7 +152,7 @@ DDP_GRADIENTS = """
         scale = max(float(p.grad.abs().max()) for p in reference.parameters())
         error = max(float((p.grad - q.grad).abs().max()) for p, q in zip(engine.model.parameters(),
                                                                           reference.parameters()))
-        report.append({"gradient_error": error / scale, "loss": values["loss"], "reference_loss": float(loss),
+        report.append({"gradient_error": error / scale, "loss": float(values["loss"]), "reference_loss": float(loss),
                        "replica_divergence": engine.replicas.divergence(engine.model)})
     if engine.is_main:
         print(json.dumps({"world_size": engine.replicas.world_size, "jvp": engine.options.jvp, "steps": report}))
@@ -192,7 +192,7 @@ JAX_SHARDING = """
     noise = rng.standard_normal(batch.x.shape, dtype=np.float32)
     x, y, d, n = engine.sharding.shard(engine.array(batch.x), engine.array(batch.y),
                                        {k: engine.array(v) for k, v in draws.items()}, engine.array(noise))
-    program = engine._grads.lower(engine.model, x, y, d, n).compile().compiled.as_text()
+    program = engine._grads.lower(engine.model, x, y, d, n).compile().as_text()
     engine.train_step(batch, draws, 1e-3, noise)
     weights = [leaf for leaf in jax.tree_util.tree_leaves((engine.model, engine.opt_state))
                if isinstance(leaf, jax.Array)]

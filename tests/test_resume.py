@@ -87,6 +87,7 @@ def test_a_killed_run_resumes_exactly(install_plugin, tmp_path, backend):
     whole, resumed = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("whole", "killed"))
     for timing in ("seconds_per_step", "wall_seconds"):  # wall times: the one difference
         assert whole.pop(timing) > 0 and resumed.pop(timing) > 0
+    assert whole.pop("compile_seconds") >= 0 and resumed.pop("compile_seconds") >= 0
     assert whole == resumed
 
 
@@ -108,6 +109,7 @@ def test_resume_errors(tmp_path, capsys):
     assert main(["run", config, *common, "--resume"]) == 0
     again = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert again["sliced_wasserstein"] == finished["sliced_wasserstein"] and again["seconds_per_step"] is None
+    assert again["compile_seconds"] is None
     assert main(["run", config, *common, "--resume", "--set", "run.steps=30", "--set", "optimizer.lr=0.1"]) == 2
     err = capsys.readouterr().err
     assert "cannot resume with a different config (optimizer.lr: 0.002 in the checkpoint, 0.1 now)" in err

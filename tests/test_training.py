@@ -119,6 +119,89 @@ def test_divergence_names_the_step_and_keeps_the_last_checkpoint(backend, tmp_pa
     assert meta["step"] == 4 and all(np.isfinite(a).all() for a in arrays.values())
 
 
+def test_divergence_between_reads_stops_the_run_where_it_reads(backend, tmp_path):
+    """Step 5's loss is NaN, but the loop reads no value until step 7 (a checkpoint and the end):
+    it stops there, naming step 5, and writes nothing from the weights after it."""
+    get_registry().add_plugin(_PoisonedData(), "poisoned_data")
+    with pytest.raises(DivergenceError) as error:
+        toy_run(backend, tmp_path, "data.name=poisoned", "run.steps=7", "checkpoint.every=4", "logging.every=50")
+    last = tmp_path / "checkpoints" / "step_00000004.safetensors"
+    assert str(error.value) == (f"training diverged at step 5: non-finite loss (loss nan, gradient norm nan); "
+                                f"the last good checkpoint is {last}")
+    assert sorted((tmp_path / "checkpoints").iterdir()) == [last]
+    assert all(np.isfinite(a).all() for a in load_checkpoint(last)[0].values())
+
+
+def test_a_non_finite_step_changes_nothing(backend):
+    """The engine skips the update of a step whose loss is not finite (weights, AdamW's moments
+    and step count) without raising: the loop finds out when it next reads the values."""
+    from toolkit.interfaces import Batch
+
+    registry = get_registry()
+    config = load_config(CONFIGS / "fm_toy2d.yaml", ["model.hidden=32"], registry, backend=backend)
+    spec = registry.load("dataset", config.data.name, backend)(config.data.options).spec
+    engine = registry.load("backend", backend, backend)(config, registry, spec)
+    rng = np.random.default_rng(0)
+
+    def step(x):
+        draws = config.objective.options.draw(rng, len(x), 0, spec)
+        values = engine.train_step(Batch(x), draws, 1e-2, rng.standard_normal(x.shape).astype(np.float32))
+        return {key: float(value) for key, value in values.items()}
+
+    step(rng.standard_normal((8, 2)))
+    weights, moments = engine.state_arrays(), engine.optimizer_arrays()
+    poisoned = rng.standard_normal((8, 2))
+    poisoned[3, 1] = np.nan
+    values = step(poisoned)
+    assert np.isnan(values["loss"]) and np.isnan(values["grad_norm"])
+    for before, after in ((weights, engine.state_arrays()), (moments, engine.optimizer_arrays())):
+        assert set(before) == set(after) and all(np.array_equal(before[k], after[k]) for k in before)
+    assert np.isfinite(step(rng.standard_normal((8, 2)))["loss"])  # and the next finite step is taken
+    assert float(engine.optimizer_arrays()["step"]) == 2
+    assert any(not np.array_equal(weights[k], v) for k, v in engine.state_arrays().items())
+
+
+def _spy_on_host_reads(backend, monkeypatch, on_read) -> None:
+    """Call ``on_read()`` whenever a framework value is read back to the host (the reads that
+    make the host wait for the device). JAX's CPU arrays: ``float``, ``int``, ``bool``,
+    ``tolist``, ``jax.device_get``, ``block_until_ready`` (``np.asarray`` reads through the
+    buffer protocol, which no Python hook sees); torch: those of ``Tensor``, ``.cpu()`` included."""
+    if backend == "jax":
+        from jax._src.array import ArrayImpl as kind
+
+        names = ("_value", "block_until_ready")
+    else:
+        import torch
+
+        kind, names = torch.Tensor, ("__float__", "__int__", "__bool__", "item", "tolist", "numpy", "cpu")
+
+    def spy(original):
+        if isinstance(original, property):
+            return property(lambda self: (on_read(), original.fget(self))[1])
+        return lambda self, *args, **kwargs: (on_read(), original(self, *args, **kwargs))[1]
+
+    for name in names:
+        monkeypatch.setattr(kind, name, spy(getattr(kind, name)))
+
+
+def test_the_host_waits_for_the_device_only_where_the_loop_reads(backend, tmp_path, monkeypatch):
+    """Between the steps that log (every 5 of 12), the first and the last, no step reads a value
+    back: a step on an accelerator is queued while the one before it runs."""
+    engine_class = get_registry().load("backend", backend, backend)
+    train_step, now, read_at = engine_class.train_step, {"step": 0}, set()
+
+    def counted(self, *args, **kwargs):
+        now["step"] += 1
+        return train_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine_class, "train_step", counted)
+    _spy_on_host_reads(backend, monkeypatch, lambda: read_at.add(now["step"]))
+    toy_run(backend, tmp_path, "run.steps=12", "logging.every=5", "checkpoint.every=null", "model.hidden=32",
+            "eval.num_samples=50")
+    assert now["step"] == 12
+    assert read_at - {0} == {1, 5, 10, 12}  # 0: building the engine; 12: the end, evaluation included
+
+
 def test_learning_rate_schedule():
     from toolkit.config import OptimizerSection
 
@@ -296,6 +379,7 @@ def test_smoke_runs_without_the_data_and_a_missing_file_says_how_to_make_it(back
                  "--set", "data.num_classes=10"]) == 0
     printed = json.loads(capsys.readouterr().out)  # no metric: what was run, and how long it took
     assert {key: printed.pop(key) for key in ("step", "nfe", "weights")} == {"step": 3, "nfe": 1, "weights": "ema 0.999"}
+    assert printed.pop("compile_seconds") >= 0  # the first step's time beyond the steady-state one
     assert set(printed) == {"loss", "seconds_per_step", "wall_seconds"} and all(v > 0 for v in printed.values())
     arrays, meta = load_checkpoint(tmp_path / "smoke" / "checkpoints" / "step_00000003.safetensors")
     assert meta["config"]["data"] == {"name": "synthetic", "shape": [1, 8, 8], "num_classes": 10}

@@ -207,11 +207,16 @@ class Engine(Protocol):
     """
 
     def train_step(self, batch: Batch, draws: Mapping[str, np.ndarray], lr: float,
-                   noise: np.ndarray) -> dict[str, float]:
-        """One optimiser step at learning rate ``lr``; returns ``loss``, ``grad_norm`` and
-        the objective's parts as floats. ``noise`` (B, *S) is drawn by the caller, in NumPy
-        like every other random input, so a step is a pure function of its inputs and a
-        resumed run needs no framework RNG state."""
+                   noise: np.ndarray) -> Mapping[str, Any]:
+        """One optimiser step at learning rate ``lr``; returns ``loss``, ``grad_norm`` (the
+        global norm before clipping) and the objective's parts as scalars that ``float()``
+        reads: 0-d arrays of the framework, left on the device, so that the step does not wait
+        for the device (the loop reads them only where it logs, evaluates or checkpoints).
+        When the loss or the gradient norm is not finite the step changes nothing (weights,
+        optimiser state, its step count), decided on the device without reading either back;
+        the loop raises :class:`~toolkit.errors.DivergenceError` when it reads them. ``noise``
+        (B, *S) is drawn by the caller, in NumPy like every other random input, so a step is a
+        pure function of its inputs and a resumed run needs no framework RNG state."""
 
     def gradients(self, batch: Batch, draws: Mapping[str, np.ndarray],
                   noise: np.ndarray) -> tuple[float, dict[str, float], dict[str, np.ndarray]]:

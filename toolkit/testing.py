@@ -324,7 +324,7 @@ class ComponentChecks:
         batch, draws = Batch(a["x"], a["y"]), _draws(config, spec, component_case)
         loss, parts, grads = engine.gradients(batch, draws, a["noise"])
         before = engine.state_arrays()
-        values = engine.train_step(batch, draws, 1e-3, noise=a["noise"])
+        values = {k: float(v) for k, v in engine.train_step(batch, draws, 1e-3, noise=a["noise"]).items()}
         assert _rel(loss, values["loss"]) < 1e-12, "train_step must report the loss of the weights it started from"
         norm = np.sqrt(sum(float((g ** 2).sum()) for g in grads.values()))
         assert _rel(norm, values["grad_norm"]) < 1e-10, "grad_norm is the global norm before clipping"

@@ -18,7 +18,7 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import attrs
 import numpy as np
@@ -123,8 +123,16 @@ def train(config: Config, backend: str, registry, out_dir: Path | None = None,
 
     ``metrics.json`` holds the metric at the sampler's NFE (``<metric>``, with its anchors) and at
     each of ``eval.nfe`` (``<metric>_<n>nfe``), the final training loss, and ``seconds_per_step``:
-    the wall time of the training steps alone (no evaluation, pictures or checkpoints), over the
-    steps this process ran; ``wall_seconds``: all of this call, evaluation included.
+    the steady-state wall time of a training step (no evaluation, pictures or checkpoints), over
+    the steps this process ran after its first; ``compile_seconds``: how much longer the first
+    step took (JAX's jit and ``torch.compile`` compile in it); both None when it ran fewer than
+    two steps; ``wall_seconds``: all of this call, evaluation included.
+
+    The engine's step leaves its values on the device and skips its own update when the loss or
+    the gradient norm is not finite. The loop reads them back only at the first step and where
+    it logs, evaluates, draws pictures, checkpoints or ends, so the host does not wait for the
+    device in between; there it raises :class:`DivergenceError` naming the first non-finite step
+    since the last read, before anything is written, so no checkpoint follows a diverged step.
 
     ``resume`` continues from the newest checkpoint in ``out_dir``: every random input of
     step i (batch, draws, noise) is a pure function of (seed, i), and the checkpoint holds
@@ -175,7 +183,8 @@ def _train(config: Config, backend: str, registry, out_dir: Path, progress: bool
     log = EventLog(out_dir, purge_step=start + 1 if start else None) if main else _NoLog()
     bar = _progress(steps, main and (config.logging.progress if progress is None else progress), start)
     last_time, last_step, last_saved = time.perf_counter(), start, restored[0] if restored else None
-    train_seconds = 0.0
+    first_step_seconds, train_seconds = None, 0.0  # the first step (compiling) apart from the rest
+    unread: list[tuple[int, Mapping]] = []  # the values of the steps since they were last read
     try:
         for step in range(start + 1, steps + 1):
             step_began = time.perf_counter()
@@ -188,30 +197,45 @@ def _train(config: Config, backend: str, registry, out_dir: Path, progress: bool
             draws = with_dropout_seeds(draws, config, run.seed, step, run.batch_size)
             noise = rng.standard_normal(batch.x.shape, dtype=np.float32)
             try:
-                values = engine.train_step(batch, draws, lr, noise)
+                unread.append((step, engine.train_step(batch, draws, lr, noise)))
             except DivergenceError as error:
                 raise _diverged(step, error, last_saved) from None
             if config.ema.decays:
                 engine.update_ema([ema_decay(d, step, config.ema.warmup) for d in config.ema.decays])
-            train_seconds += time.perf_counter() - step_began
+            logs = step % config.logging.every == 0 or step == steps
+            evaluates = metric is not None and config.eval.every and step % config.eval.every == 0 and step < steps
+            pictures = config.logging.samples_every and (step % config.logging.samples_every == 0 or step == steps)
+            saves = config.checkpoint.every and (step % config.checkpoint.every == 0 or step == steps)
+            # Reading a value waits for the device, so values are read only where the loop needs
+            # them, and before anything is written from weights a diverged step may have followed.
+            # The same steps in every process (not ``main`` alone): all stop at the same one.
+            if step == start + 1 or logs or evaluates or pictures or saves:
+                values = _read(unread, last_saved)
+                unread, loss = [], values["loss"]
+            step_seconds = time.perf_counter() - step_began
+            if step == start + 1:
+                first_step_seconds = step_seconds
+            else:
+                train_seconds += step_seconds
             logged = {}
-            if step % config.logging.every == 0 or step == steps:
+            if logs:
                 now = time.perf_counter()
                 rate = (step - last_step) / max(now - last_time, 1e-9)
                 logged = {**values, "lr": lr, "steps_per_second": rate, "samples_per_second": rate * run.batch_size}
                 log.scalars(logged, step, prefix="train/")
-                bar.update(step, values["loss"], rate)
-                last_time, last_step, loss = now, step, float(values["loss"])
-            if main and metric is not None and config.eval.every and step % config.eval.every == 0 and step < steps:
+                bar.update(step, loss, rate)
+            if step == start + 1 or logs:  # the rate of the steps after the first, which compiles
+                last_time, last_step = time.perf_counter(), step
+            if main and evaluates:
                 measured = evaluate_nfes(config, backend, registry, engine, dataset, step, metric)
                 log.scalars(measured, step, prefix="eval/")
                 logged.update({f"eval/{key}": value for key, value in measured.items()})
                 last_time = time.perf_counter()  # the rate is of training, not of measuring
             if on_log is not None and logged:
                 on_log(step, logged)
-            if main and config.logging.samples_every and (step % config.logging.samples_every == 0 or step == steps):
+            if main and pictures:
                 log_sample_grids(config, backend, registry, engine, dataset, log, step)
-            if main and config.checkpoint.every and (step % config.checkpoint.every == 0 or step == steps):
+            if main and saves:
                 log.flush()  # the curve up to a checkpoint survives a kill with it
                 try:
                     last_saved = save_engine_checkpoint(checkpoint_path(checkpoints, step), engine, config,
@@ -232,7 +256,9 @@ def _train(config: Config, backend: str, registry, out_dir: Path, progress: bool
             if on_log is not None:
                 on_log(steps, {f"eval/{key}": value for key, value in measured.items()})
         ran = steps - start
-        results.update({"loss": loss, "seconds_per_step": train_seconds / ran if ran else None,
+        steady = train_seconds / (ran - 1) if ran > 1 else None
+        results.update({"loss": loss, "seconds_per_step": steady,
+                        "compile_seconds": max(0.0, first_step_seconds - steady) if steady is not None else None,
                         "wall_seconds": time.perf_counter() - began})
         title = f"{config.run.name} ({backend}), step {steps}, {results['nfe']} NFE, {results['weights']} weights"
         if samples.ndim == 2 and picturable(samples):  # points: all of them, beside the held-out data
@@ -253,6 +279,19 @@ def _train(config: Config, backend: str, registry, out_dir: Path, progress: bool
             engine.close()  # leaves a multi-process run's process group
     write_json(out_dir / "metrics.json", results)
     return results
+
+
+def _read(unread: list[tuple[int, Mapping]], last_saved: Path | None) -> dict[str, float]:
+    """The values of the last of the ``unread`` steps as floats (a wait for the device); raises
+    :class:`DivergenceError` naming the first of them whose loss or gradient norm is not finite.
+    The engine skipped that step's update (and any later non-finite one), so the weights are
+    finite, but the run stops there, as the step's data or the model has gone wrong."""
+    for step, values in unread:
+        loss, grad_norm = float(values["loss"]), float(values["grad_norm"])
+        if not math.isfinite(loss) or not math.isfinite(grad_norm):
+            raise _diverged(step, f"non-finite {'loss' if not math.isfinite(loss) else 'gradient'} "
+                                  f"(loss {loss}, gradient norm {grad_norm})", last_saved)
+    return {key: float(value) for key, value in unread[-1][1].items()}
 
 
 def _diverged(step: int, why: Exception | str, last_saved: Path | None) -> DivergenceError:

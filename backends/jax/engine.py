@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import math
+import dataclasses
+import warnings
+from typing import Callable, Literal
 
 import equinox as eqx
 import jax
@@ -13,7 +15,6 @@ import optax
 
 from toolkit.backends.jax.sharding import data_sharding
 from toolkit.backends.jax.weights import load_named_arrays, named_arrays
-from toolkit.errors import DivergenceError
 from toolkit.interfaces import in_numerics
 
 
@@ -61,13 +62,12 @@ class JaxEngine:
         # Donation: the step and the averaging write their results into the buffers of the
         # state they replace, instead of holding old and new weights and AdamW moments at once
         # (4 x the parameters more: 10 GiB for DiT-XL/2).
-        self._ema = eqx.filter_jit(_update_averages, donate="all-except-first")
+        self._ema = _jit(_update_averages, donate="all-except-first")
         # Compiled once each (op by op, a conv net's gradient takes minutes on the CPU). The
         # gradient and the update are separate programs so that ``gradients`` (parity) and
         # ``train_step`` share one compilation of the loss.
-        self._grads = eqx.filter_jit(self._loss_and_grads)
-        self._update = eqx.filter_jit(self._make_update(o.grad_clip), donate="all")
-        self._norm = eqx.filter_jit(optax.tree.norm)
+        self._grads = _jit(self._loss_and_grads)
+        self._update = _jit(self._make_update(o.grad_clip), donate="all")
         self._call = eqx.filter_jit(lambda m, z, t, r, y, c: jax.vmap(m)(z, t, r, y, c))
         self._regression = eqx.filter_jit(lambda m, x, y, draws, noise: self.objective.regression(m, x, y, draws, noise))
         self._jvp = eqx.filter_jit(lambda m, x, t, r, y, c, v: jax.jvp(
@@ -78,14 +78,20 @@ class JaxEngine:
         return eqx.filter_value_and_grad(loss_fn, has_aux=True)(model)
 
     def _make_update(self, clip):
-        def update(model, opt_state, grads, lr):
+        def update(model, opt_state, grads, loss, lr):
             grad_norm = optax.tree.norm(grads)
+            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
             if clip is not None:  # the same rule as torch.nn.utils.clip_grad_norm_
                 scale = jnp.minimum(1.0, clip / (grad_norm + 1e-6))
                 grads = jax.tree_util.tree_map(lambda g: g * scale, grads)
             opt_state.hyperparams["learning_rate"] = lr
-            updates, opt_state = self.tx.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
-            return eqx.apply_updates(model, updates), opt_state, grad_norm
+            updates, new_state = self.tx.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
+            # Decided on the device, so the host need not read the loss back every step: a
+            # non-finite step leaves the weights and AdamW's state (count included) as they were.
+            keep = lambda new, old: jnp.where(finite, new, old) if eqx.is_array(new) else new  # noqa: E731
+            model = jax.tree_util.tree_map(keep, eqx.apply_updates(model, updates), model)
+            # the loss goes back out because ``donate="all"`` hands its buffer to the program
+            return model, jax.tree_util.tree_map(keep, new_state, opt_state), loss, grad_norm
 
         return update
 
@@ -122,13 +128,9 @@ class JaxEngine:
     def train_step(self, batch, draws, lr, noise):
         (loss, parts), grads = self._grads(self.model, *self.sharding.shard(
             self.array(batch.x), self.array(batch.y), {k: self.array(v) for k, v in draws.items()}, self.array(noise)))
-        loss_value, grad_norm = float(loss), float(self._norm(grads))
-        if not math.isfinite(loss_value) or not math.isfinite(grad_norm):
-            # Checked before the update, which consumes the state: the model stays at the last finite step.
-            raise DivergenceError(f"non-finite {'loss' if not math.isfinite(loss_value) else 'gradient'} "
-                                  f"(loss {loss_value}, gradient norm {grad_norm})")
-        self.model, self.opt_state, _ = self._update(self.model, self.opt_state, grads, jnp.asarray(lr, self.dtype))
-        return {"loss": loss_value, "grad_norm": grad_norm, **{k: float(v) for k, v in parts.items()}}
+        self.model, self.opt_state, loss, grad_norm = self._update(self.model, self.opt_state, grads, loss,
+                                                                   jnp.asarray(lr, self.dtype))
+        return {"loss": loss, "grad_norm": grad_norm, **parts}  # on the device: nothing here waits for the step
 
     @in_numerics
     def sample(self, sampler, noise, y):
@@ -184,6 +186,55 @@ class JaxEngine:
     @in_numerics
     def load_state_arrays(self, arrays):
         self.model = self.sharding.replicate(load_named_arrays(self.model, arrays))
+
+
+def _jit(fun: Callable, donate: Literal["none", "all", "all-except-first"] = "none") -> Callable:
+    """``eqx.filter_jit`` without its wait: Equinox blocks until every call's program has run (to
+    raise ``eqx.error_if`` errors at the call), and so would make each training step wait for the
+    device. As there, the arrays of the arguments are traced, their other leaves are static, and
+    ``donate`` hands the arguments' buffers to the program."""
+    def run(first, rest, static):
+        out = fun(*(_join(arrays, other) for arrays, other in zip((first, *rest), static.value)))
+        dynamic, static_out = _split(out)
+        return dynamic, _Static(static_out)
+
+    jitted = jax.jit(run, static_argnums=2,
+                     donate_argnums={"none": (), "all": (0, 1), "all-except-first": (1,)}[donate])
+
+    def arguments(args):
+        dynamic, static = zip(*map(_split, args))
+        return dynamic[0], dynamic[1:], _Static(static)
+
+    def call(*args):
+        with warnings.catch_warnings():
+            # as Equinox: buffers no output can reuse (the gradients) are simply freed
+            warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+            out, static_out = jitted(*arguments(args))
+        return _join(out, static_out.value)
+
+    call.lower = lambda *args: jitted.lower(*arguments(args))  # the program, as jax.jit's
+    return call
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class _Static:
+    """What a pytree holds besides arrays (its structure, functions, numbers): hashable, so it
+    keys ``jax.jit``'s cache as a static argument and leaves a program in its outputs' structure."""
+
+    value: tuple
+
+
+def _split(tree) -> tuple[list, tuple]:
+    """``tree``'s leaves, arrays kept and the others None, and (its structure, the others)."""
+    leaves, structure = jax.tree_util.tree_flatten(tree)
+    return ([leaf if eqx.is_array(leaf) else None for leaf in leaves],
+            (structure, tuple(None if eqx.is_array(leaf) else leaf for leaf in leaves)))
+
+
+def _join(arrays: list, static: tuple):
+    structure, others = static
+    return jax.tree_util.tree_unflatten(structure, [a if o is None else o for a, o in zip(arrays, others)])
 
 
 def _update_averages(model, averages, decays):

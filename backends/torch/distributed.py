@@ -12,7 +12,8 @@ process draws the same global batch, objective draws and noise (pure functions o
 see :mod:`toolkit.train`) and trains on its share of them; DDP averages the gradients, which
 is the gradient of the global-batch mean because every share has the same size. The loss and
 its parts are averaged over the processes, so each process logs the global batch's loss; the
-gradient norm is taken after DDP's averaging and is the global one. Only rank 0 writes files
+gradient norm is taken after DDP's averaging and is the global one, so every process skips a
+non-finite step alike and the replicas stay equal. Only rank 0 writes files
 (``engine.is_main``); evaluation runs there alone.
 
 Which examples a process gets: every ``world_size``-th one, starting at its rank (a strided
@@ -150,12 +151,13 @@ class DataParallel:
                 self._share(noise))
 
     def mean(self, loss: torch.Tensor, parts: dict):
-        """The loss and its parts averaged over the processes (one all-reduce), detached."""
+        """The loss and its parts averaged over the processes (one all-reduce), detached, left on
+        the device (read back only when the training loop logs them)."""
         names = list(parts)
         values = torch.stack([loss.detach()] + [torch.as_tensor(parts[k], dtype=loss.dtype).detach()
                                                 for k in names]).to(self.device)
         dist.all_reduce(values)
-        values = (values / self.world_size).cpu()
+        values = values / self.world_size
         return values[0], {k: values[i + 1] for i, k in enumerate(names)}
 
     def divergence(self, model: torch.nn.Module) -> float:

@@ -14,7 +14,7 @@ import torch
 from toolkit.backends.torch import TorchOptions
 from toolkit.backends.torch.distributed import data_parallel
 from toolkit.backends.torch.jvp import jvp, jvp_mode
-from toolkit.errors import DivergenceError, UsageError
+from toolkit.errors import UsageError
 from toolkit.interfaces import in_numerics
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -54,8 +54,10 @@ class TorchEngine:
         objective = registry.load("objective", config.objective.name, "torch")
         self.objective = objective(config.objective.options, spec)
         o = config.optimizer
+        # fused: the one implementation that can skip a step on a flag left on the device
+        # (``found_inf``, GradScaler's protocol), so a non-finite step needs no host sync
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps,
-                                           weight_decay=o.weight_decay)
+                                           weight_decay=o.weight_decay, fused=True)
         #: one averaged copy of the model per ``ema.decays`` entry, in that order
         self.ema_models = [copy.deepcopy(self.model).requires_grad_(False) for _ in config.ema.decays]
         #: DistributedDataParallel when launched by torchrun (backends/torch/distributed.py), else a
@@ -128,14 +130,18 @@ class TorchEngine:
         loss, parts = self._backward(*self.replicas.shard(batch, draws, noise))  # this process's share
         loss, parts = self.replicas.mean(loss, parts)  # the global batch's, before the finiteness check
         clip = self.config.optimizer.grad_clip
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(),
-                                                         clip if clip is not None else math.inf))
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value) or not math.isfinite(grad_norm):
-            raise DivergenceError(f"non-finite {'loss' if not math.isfinite(loss_value) else 'gradient'} "
-                                  f"(loss {loss_value}, gradient norm {grad_norm})")
-        self.optimizer.step()
-        return {"loss": loss_value, "grad_norm": grad_norm, **{k: float(v) for k, v in parts.items()}}
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip is not None else math.inf)
+        loss = loss.detach()
+        # Nothing here reads a value back: the fused AdamW skips its whole update (moments and
+        # step count included) when ``found_inf`` is 1, a flag that stays on the device.
+        finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
+        self.optimizer.found_inf = (~finite).to(torch.float32)
+        try:
+            self.optimizer.step()
+        finally:
+            del self.optimizer.found_inf
+        return {"loss": loss, "grad_norm": grad_norm.detach(),
+                **{k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in parts.items()}}
 
     @in_numerics
     def close(self) -> None:
@@ -191,10 +197,10 @@ class TorchEngine:
     def load_optimizer_arrays(self, arrays):
         if not arrays:
             return
-        step = torch.tensor(float(np.asarray(arrays["step"]).reshape(-1)[0]), dtype=torch.float32)  # torch keeps it on the CPU
+        step = float(np.asarray(arrays["step"]).reshape(-1)[0])
         for name, parameter in self.model.named_parameters():
             self.optimizer.state[parameter] = {
-                "step": step.clone(),
+                "step": torch.tensor(step, dtype=torch.float32, device=parameter.device),  # where fused AdamW keeps it
                 "exp_avg": torch.from_numpy(np.asarray(arrays[f"mu.{name}"])).reshape(parameter.shape).to(parameter),
                 "exp_avg_sq": torch.from_numpy(np.asarray(arrays[f"nu.{name}"])).reshape(parameter.shape)
                 .to(parameter)}
