@@ -44,7 +44,10 @@ def save_checkpoint(path: str | Path, arrays: Mapping[str, np.ndarray], metadata
 
 def save_engine_checkpoint(path: str | Path, engine, config, metadata: Mapping[str, Any]) -> Path:
     """:func:`save_checkpoint` of :func:`engine_arrays`, read from the engine's memory itself
-    (its ``array_views``) where it can: the write adds no copy of the state to the run's memory.
+    (its ``array_views``) where it can: the write adds no copy of the state to the run's memory
+    (B/2 in torch: +0.01 GiB, against +2.45 GiB when every array was copied first;
+    ``benchmarks/checkpoint_write.py``). An engine on a GPU can only hand over host copies, and
+    the library takes all arrays at once, so there the write holds a host copy of the state.
     Non-finite arrays are a :class:`NonFiniteArray` and write nothing: a diverged model must not
     replace a good checkpoint."""
     return write_safetensors(path, engine_arrays(engine, config, views=True), {METADATA_KEY: json.dumps(metadata)},
@@ -74,9 +77,11 @@ def _finite(value: np.ndarray) -> bool:
 def write_safetensors(path: str | Path, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str],
                       finite: bool = False) -> Path:
     """A safetensors file of ``arrays`` and ``metadata``, written atomically by the safetensors
-    library, which writes each array from its own memory: views of an engine's state are written
-    without copying them. ``finite``: a floating-point array with NaN or infinite values is a
-    :class:`NonFiniteArray`, found before any file is opened."""
+    library (``save_file``), which writes each array from its own memory: views of an engine's
+    state are written without copying them. Its peak is that of a hand-written writer streaming
+    the same views (measured: +0.001 GiB and +0.000 GiB for B/2's 1.95 GiB). ``finite``: a
+    floating-point array with NaN or infinite values is a :class:`NonFiniteArray`, found before
+    any file is opened."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if finite and (name := non_finite_array(arrays)) is not None:
