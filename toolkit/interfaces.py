@@ -274,7 +274,7 @@ class Engine(Protocol):
     #       what state_arrays(), ema_arrays() and optimizer_arrays() return, but sharing the
     #       engine's memory where it can (NumPy views of CPU buffers), valid until its next call.
     #       Checkpoints are written from them, so a write adds no copy of the state to the
-    #       run's memory; without it they are written from those copies.
+    #       run's memory; without it they are written from those copies, all held at once.
 
 
 def in_numerics(method):
