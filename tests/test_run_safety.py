@@ -139,24 +139,44 @@ def test_a_second_run_into_a_busy_directory_fails_at_once_and_the_lock_dies_with
     assert json.loads((out / "metrics.json").read_text())["step"] == 40
 
 
-def test_two_writers_of_one_checkpoint_never_share_a_temporary_file(tmp_path):
+def test_two_writers_of_one_checkpoint_never_share_a_temporary_file(tmp_path, monkeypatch):
     """Two runs once wrote the same checkpoint through one temporary name: the file ended with the
     other run's arrays. Here a second writer replaces the file while the first is writing it."""
+    import toolkit.checkpoint
+
     target = tmp_path / "step_00000002.safetensors"
     mine = {"model.w": np.ones(64, np.float32)}
     theirs = {"model.w": np.full(64, 2.0, np.float32), "optimizer.mu.w": np.full(64, 3.0, np.float32)}
-    passes = []
+    library = toolkit.checkpoint._save_file
 
-    def groups():  # called twice: the header, then the data, when the file is open
-        passes.append(1)
-        if len(passes) == 2:
-            save_checkpoint(target, theirs, {"step": 2})
-        return [mine]
+    def writing(arrays, filename, metadata):  # the first writer's temporary is written, not yet renamed
+        library(arrays, filename, metadata)
+        monkeypatch.setattr(toolkit.checkpoint, "_save_file", library)
+        save_checkpoint(target, theirs, {"step": 2})
 
-    write_safetensors(target, groups, {"toolkit": json.dumps({"step": 2})})
+    monkeypatch.setattr(toolkit.checkpoint, "_save_file", writing)
+    write_safetensors(target, mine, {"toolkit": json.dumps({"step": 2})})
     arrays, metadata = load_checkpoint(target)
     assert sorted(arrays) == ["model.w"] and np.array_equal(arrays["model.w"], mine["model.w"])
     assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_a_full_disk_while_writing_a_checkpoint_names_it_and_leaves_no_partial_file(tmp_path, capsys, monkeypatch):
+    """The safetensors library reports an I/O error as its own error type: the run names the
+    checkpoint and the reason, as for any other file (the message is the library's own)."""
+    import toolkit.checkpoint
+    from safetensors import SafetensorError
+
+    def filling(arrays, filename, metadata):
+        with open(filename, "wb") as handle:
+            handle.write(b"partial")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(toolkit.checkpoint, "_save_file", filling)
+    assert main(["run", FM_TOY, "--out", str(tmp_path), *TINY]) == 1
+    first = tmp_path / "checkpoints" / "step_00000002.safetensors"
+    assert capsys.readouterr().err.splitlines()[-1] == f"toolkit: error: {first}: No space left on device"
+    assert not list_checkpoints(tmp_path / "checkpoints") and not _leftovers(tmp_path)
 
 
 # 5. --overwrite deletes only what toolkit wrote, and only once the new run starts.

@@ -31,24 +31,35 @@ def temporary_target(name: str) -> str | None:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
-    """A file whose content replaces ``path`` when the block ends without error (flushed and
-    fsynced first). On any failure, an interrupt included, the temporary is removed and ``path``
-    keeps what it held. An ``OSError`` naming no file (a full disk fails a write, not an open)
-    names ``path``."""
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` (:func:`temporary_path`) for a writer that opens the file
+    by its name, such as a library's; when the block ends without error the file is fsynced and
+    replaces ``path``. On any failure, an interrupt included, the temporary is removed and
+    ``path`` keeps what it held. An ``OSError`` naming no file (a full disk fails a write, not an
+    open) names ``path``."""
     path = Path(path)
     temporary = temporary_path(path)
     try:
-        with open(temporary, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield temporary
+        descriptor = os.open(temporary, os.O_RDONLY)  # fsync reaches what any descriptor wrote
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
         os.replace(temporary, path)
     except BaseException as error:
         temporary.unlink(missing_ok=True)
         if isinstance(error, OSError) and error.filename in (None, str(temporary)):
             raise OSError(error.errno, error.strerror, str(path)) from error
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """A file whose content replaces ``path`` when the block ends without error, as
+    :func:`atomic_path`'s."""
+    with atomic_path(path) as temporary, open(temporary, mode) as handle:
+        yield handle
 
 
 def write_text(path: str | Path, text: str) -> None:

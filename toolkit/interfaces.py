@@ -273,6 +273,13 @@ class Engine(Protocol):
     #   data_parallel: dict    -- recorded in run.json: "processes", "devices", "per_device_batch"
     #   close() -> None        -- called on every process when training ends (leave a process group)
     # ``run.batch_size`` is always the global batch, and every process is given all of it.
+    #
+    # Optional, for memory:
+    #   array_views() -> (weights, averages, optimizer)
+    #       what state_arrays(), ema_arrays() and optimizer_arrays() return, but sharing the
+    #       engine's memory where it can (NumPy views of CPU buffers), valid until its next call.
+    #       Checkpoints are written from them, so a write adds no copy of the state to the
+    #       run's memory; without it they are written from those copies, all held at once.
 
 
 def in_numerics(method):

@@ -156,13 +156,16 @@ class JaxEngine:
 
     @in_numerics
     def optimizer_arrays(self):
+        return self._optimizer_arrays(copy=True)
+
+    def _optimizer_arrays(self, copy: bool) -> dict[str, np.ndarray]:
         # AdamW's moments under the parameter names, as torch's exp_avg / exp_avg_sq.
         adam = _adam_state(self.opt_state)
         if int(adam.count) == 0:
             return {}
         return {"step": np.asarray(float(adam.count)),
-                **{f"mu.{k}": v for k, v in named_arrays(adam.mu).items()},
-                **{f"nu.{k}": v for k, v in named_arrays(adam.nu).items()}}
+                **{f"mu.{k}": v for k, v in named_arrays(adam.mu, copy).items()},
+                **{f"nu.{k}": v for k, v in named_arrays(adam.nu, copy).items()}}
 
     @in_numerics
     def load_optimizer_arrays(self, arrays):
@@ -186,6 +189,11 @@ class JaxEngine:
     @in_numerics
     def load_state_arrays(self, arrays):
         self.model = self.sharding.replicate(load_named_arrays(self.model, arrays))
+
+    @in_numerics
+    def array_views(self):
+        return (named_arrays(self.model, copy=False), [named_arrays(a, copy=False) for a in self.ema_models],
+                self._optimizer_arrays(copy=False))
 
 
 def _jit(fun: Callable, donate: Literal["none", "all", "all-except-first"] = "none") -> Callable:

@@ -23,11 +23,12 @@ def _name(path) -> str:
     return ".".join(parts)
 
 
-def named_arrays(model) -> dict[str, np.ndarray]:
-    """Every floating-point array of ``model`` by its dotted path."""
+def named_arrays(model, copy: bool = True) -> dict[str, np.ndarray]:
+    """Every floating-point array of ``model`` by its dotted path. ``copy``: NumPy copies; else
+    views of the buffers where JAX allows it (on the CPU), which must be gone before the next
+    step: a live view of a buffer that the step donates blocks the donation."""
     leaves = jax.tree_util.tree_flatten_with_path(eqx.filter(model, eqx.is_inexact_array))[0]
-    # copies: a view of a buffer that the next step donates would block the donation
-    return {_name(path): np.array(leaf, copy=True) for path, leaf in leaves}
+    return {_name(path): np.array(leaf, copy=True) if copy else np.asarray(leaf) for path, leaf in leaves}
 
 
 def load_named_arrays(model, arrays: Mapping[str, np.ndarray]):

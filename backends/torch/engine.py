@@ -184,13 +184,16 @@ class TorchEngine:
 
     @in_numerics
     def optimizer_arrays(self):
+        return self._optimizer_arrays(copy=True)
+
+    def _optimizer_arrays(self, copy: bool) -> dict[str, np.ndarray]:
         arrays = {}
         for name, parameter in self.model.named_parameters():
             state = self.optimizer.state.get(parameter)
             if state:  # empty before the first step
                 arrays["step"] = np.asarray(float(state["step"]))
-                arrays[f"mu.{name}"] = state["exp_avg"].detach().cpu().numpy().copy()
-                arrays[f"nu.{name}"] = state["exp_avg_sq"].detach().cpu().numpy().copy()
+                arrays[f"mu.{name}"] = _numpy(state["exp_avg"], copy)
+                arrays[f"nu.{name}"] = _numpy(state["exp_avg_sq"], copy)
         return arrays
 
     @in_numerics
@@ -213,11 +216,23 @@ class TorchEngine:
     def load_state_arrays(self, arrays):
         _load_state(self.model, arrays)
 
+    @in_numerics
+    def array_views(self):
+        # NumPy views of the CPU tensors themselves (a GPU tensor's is a copy of it alone)
+        return (_numpy_state(self.model, copy=False), [_numpy_state(a, copy=False) for a in self.ema_models],
+                self._optimizer_arrays(copy=False))
 
-def _numpy_state(module: torch.nn.Module) -> dict[str, np.ndarray]:
-    # Copies: a view would change under the next in-place optimiser step (and JAX on the CPU
-    # may wrap NumPy memory without copying it).
-    return {name: value.detach().cpu().numpy().copy() for name, value in module.state_dict().items()}
+
+def _numpy(tensor: torch.Tensor, copy: bool) -> np.ndarray:
+    """``tensor`` in NumPy. ``copy``: one of its own, as the interface promises; a view would
+    change under the next in-place optimiser step (and JAX on the CPU may wrap NumPy memory
+    without copying it). ``.cpu()`` already copied a GPU tensor."""
+    array = tensor.detach().cpu().numpy()
+    return array.copy() if copy and tensor.device.type == "cpu" else array
+
+
+def _numpy_state(module: torch.nn.Module, copy: bool = True) -> dict[str, np.ndarray]:
+    return {name: _numpy(value, copy) for name, value in module.state_dict().items()}
 
 
 def _load_state(module: torch.nn.Module, arrays) -> None:
