@@ -1,5 +1,5 @@
-"""The torch backend's fast paths give the numbers of the plain eager path: the joint JVP,
-forward-mode dual tensors, and torch.compile (one graph, no breaks)."""
+"""The torch backend's fast paths give the numbers of the plain eager path: the joint JVP and
+forward-mode dual tensors (torch.compile: tests/test_torch_compile.py)."""
 
 from __future__ import annotations
 
@@ -48,25 +48,6 @@ def test_joint_and_separate_jvp_recipes_agree(mode):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
 
 
-def test_compiled_loss_is_one_graph_with_the_eager_numbers():
-    torch._dynamo.reset()
-    objective, model, args = problem(seed=1)
-
-    def loss_fn(x, y, draws, noise):
-        return objective.loss(model, x, y, draws, noise)[0]
-
-    explanation = torch._dynamo.explain(loss_fn)(*args)
-    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), explanation.break_reasons
-    model.zero_grad()
-    compiled = torch.compile(loss_fn)(*args)
-    compiled.backward()
-    compiled_grads = [p.grad.clone() for p in model.parameters()]
-    eager = loss_and_grads(objective, model, args)
-    assert compiled.item() == pytest.approx(eager[0], rel=1e-10)
-    for a, b in zip(compiled_grads, eager[1]):
-        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12)
-
-
 @pytest.mark.parametrize("joint", [False, True])
 def test_under_bf16_autocast_the_target_stays_float32(joint):
     """mixed_precision: bf16 autocasts the prediction only: the target's JVP and the loss run in
@@ -94,48 +75,3 @@ def test_under_bf16_autocast_the_target_stays_float32(joint):
     if not joint:  # the eager prediction is autocast; the joint one comes from the float32 JVP
         assert relative(u16, u32) > 1e-4
     assert relative(target16, target32) < 1e-6  # bf16 in the JVP: about 2e-4 (benchmarks/bf16_target.py)
-
-
-def _image_backbone(name: str, spec: DataSpec):
-    from toolkit.plugins.dit import DiTOptions
-    from toolkit.plugins.unet import UNetOptions
-
-    options = {"unet": UNetOptions(channels=8, channel_mult=(1, 2), blocks=1, attention_resolutions=(4,), groups=4),
-               "dit": DiTOptions(depth=2, width=32, heads=4, frequency_dim=16)}[name]
-    model = build_backbone("torch", name, options, spec)
-    with torch.no_grad():  # off the zero-initialised layers, so every weight gets a gradient
-        for parameter in model.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    return model
-
-
-@pytest.mark.parametrize("mode", ["func", "forward_ad"])
-@pytest.mark.parametrize("backbone", ["unet", "dit"])
-def test_every_image_backbone_compiles_with_every_jvp_mode(backbone, mode):
-    """torch.compile traces the MeanFlow loss of the U-Net and the DiT as one graph in both JVP
-    modes, with the eager numbers. Traced through AOTAutograd without Inductor's code generation
-    (``backend="aot_eager"``): the tracing is what failed (the U-Net's group_norm inside the JVP,
-    pytorch/pytorch issue 152185), and generating code for it takes minutes on two cores."""
-    torch._dynamo.reset()
-    spec = DataSpec((3, 8, 8), 4)
-    torch.manual_seed(0)
-    model = _image_backbone(backbone, spec)
-    rng = np.random.default_rng(2)
-    options = MeanFlowOptions(ratio=0.5)
-    draws = {k: torch.from_numpy(v) for k, v in options.draw(rng, 4, 0, spec).items()}
-    x, noise = (torch.from_numpy(rng.standard_normal((4, *spec.shape))) for _ in range(2))
-    args = (x, torch.from_numpy(rng.integers(0, 4, 4)), draws, noise)
-    objective = MeanFlow(options, spec)
-
-    def loss_fn(x, y, draws, noise):
-        return objective.loss(model, x, y, draws, noise)[0]
-
-    with jvp_mode(mode):
-        model.zero_grad()
-        compiled = torch.compile(loss_fn, backend="aot_eager", fullgraph=True)(*args)
-        compiled.backward()
-        compiled_grads = [p.grad.clone() for p in model.parameters()]
-        eager = loss_and_grads(objective, model, args)
-    assert compiled.item() == pytest.approx(eager[0], rel=1e-10)
-    for a, b in zip(compiled_grads, eager[1]):
-        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12)
