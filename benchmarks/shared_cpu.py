@@ -7,9 +7,9 @@ and loads interleaved, so a machine whose speed drifts affects them alike:
 
 * ``spin``: torch's default threads with OpenMP's default wait policy (its threads spin between
   parallel regions, so on a loaded machine they burn the time slices their partners need): the
-  toolkit before its torch backend set a policy;
-* ``passive``: the same threads with ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep): the
-  toolkit's default;
+  toolkit's default, ``backend.torch.threads: auto``;
+* ``passive``: the same threads with ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep);
+* ``short_spin``: the same threads with ``GOMP_SPINCOUNT=1000`` (a short spin, then sleep);
 * ``one``: one thread (``backend.torch.threads: 1``).
 
 A load of L is L processes spinning in pure Python. With one load process per two CPUs a
@@ -30,15 +30,12 @@ import subprocess
 import sys
 import time
 
-POLICIES = {"spin": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "one": {"OMP_NUM_THREADS": "1"}}
+POLICIES = {"spin": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "short_spin": {"GOMP_SPINCOUNT": "1000"},
+            "one": {"OMP_NUM_THREADS": "1"}}
 
 
-def step_times(steps: int, warmup: int, spin: bool) -> list[float]:
+def step_times(steps: int, warmup: int) -> list[float]:
     """Seconds of each of ``steps`` training steps of the digits demo's MeanFlow MLP."""
-    import toolkit.backends.torch  # noqa: F401  (sets the wait policy, before torch loads)
-
-    if spin:  # OpenMP's own default, as before the toolkit set one
-        os.environ.pop("OMP_WAIT_POLICY", None)
     import numpy as np
 
     from toolkit.config import config_from_dict
@@ -79,14 +76,10 @@ def measure(policy: str, load: int, args) -> dict:
     for spinner in spinners:
         spinner.start()
     try:
-        env = {**os.environ, **POLICIES[policy]}
-        if policy != "one":
-            env.pop("OMP_NUM_THREADS", None)
-        if policy == "spin":
-            env.pop("OMP_WAIT_POLICY", None)
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
         out = subprocess.run([sys.executable, __file__, "--worker", "--steps", str(args.steps),
-                              "--warmup", str(args.warmup)] + (["--spin"] if policy == "spin" else []),
-                             env=env, check=True, capture_output=True, text=True)
+                              "--warmup", str(args.warmup)], env={**env, **POLICIES[policy]}, check=True,
+                             capture_output=True, text=True)
         times = json.loads(out.stdout)
     finally:
         stop.set()
@@ -104,10 +97,9 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--spin", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(step_times(args.steps, args.warmup, args.spin)))
+        print(json.dumps(step_times(args.steps, args.warmup)))
         return 0
     cpus = len(os.sched_getaffinity(0))
     loads = [int(n) for n in args.loads.split(",")] if args.loads else sorted({0, max(1, cpus // 2), cpus})

@@ -350,21 +350,6 @@ def test_torch_threads_option(tmp_path, monkeypatch):
         torch.set_num_threads(before)
 
 
-def test_torch_backend_sets_a_sleeping_openmp_wait_policy():
-    """Waiting OpenMP threads sleep unless the user chose otherwise (benchmarks/shared_cpu.py: a
-    spinning wait is what makes a shared CPU collapse), set before torch loads OpenMP."""
-    import subprocess
-    import sys
-
-    code = ("import os, sys; import toolkit.backends.torch; assert 'torch' not in sys.modules; "
-            "print(os.environ['OMP_WAIT_POLICY'])")
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    chosen = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert chosen.stdout.strip() == "PASSIVE"
-    kept = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
-                          capture_output=True, text=True, check=True)
-    assert kept.stdout.strip() == "ACTIVE"
-
 def test_smoke_runs_without_the_data_and_a_missing_file_says_how_to_make_it(backend, tmp_path, capsys):
     from toolkit.cli import main
 

@@ -8,12 +8,6 @@ import attrs
 from toolkit.config import check
 from toolkit.hookspecs import hookimpl
 
-# OpenMP threads that wait between parallel regions sleep instead of spinning. A spinning thread
-# burns the time slice its partner needs whenever another process shares the CPU: the digits
-# demo's step went from 11 ms to 276 ms beside the test suite (benchmarks/shared_cpu.py measures
-# it). libgomp reads this when torch loads, which is after this module (it does not import torch);
-# a value the user set is kept.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @attrs.frozen
@@ -31,6 +25,10 @@ class TorchOptions:
     device: str = "auto"
     #: CPU threads of torch's operators: ``auto`` is ``OMP_NUM_THREADS`` when set, else the CPUs
     #: this process may run on (its affinity mask, which a container or ``taskset`` narrows).
+    #: On a CPU that other processes share, 1 keeps its speed where more collapse: OpenMP's
+    #: waiting threads spin and burn the slices their partners need (the digits demo's step,
+    #: ``python benchmarks/shared_cpu.py``: 15.0 ms idle and 63 ms beside one busy process with 2
+    #: threads, 19.6 and 17.5 ms with 1; a sleeping wait policy costs 1.4-1.8x on an idle CPU).
     threads: int | Literal["auto"] = attrs.field(default="auto", validator=check(
         lambda v: v == "auto" or v >= 1, "auto or a number of threads >= 1"))
 
