@@ -3,6 +3,7 @@ against analytic distances."""
 
 from __future__ import annotations
 
+import attrs
 import numpy as np
 import pytest
 
@@ -71,6 +72,26 @@ def test_heun_requires_an_even_nfe():
             "sampler": {"name": "heun", "nfe": 3}}
     with pytest.raises(ConfigError, match=r"sampler.nfe: got 3, expected an even number >= 2"):
         config_from_dict(data, registry=get_registry())
+    # the same rule for a value given at sampling time (toolkit eval --nfe, toolkit sample --guidance)
+    from toolkit.evaluation import make_sampler
+
+    config = config_from_dict({**data, "sampler": {"name": "heun", "nfe": 4}}, registry=get_registry())
+    with pytest.raises(ConfigError, match=r"^sampler.nfe: got 3, expected an even number >= 2 \(two evaluations"):
+        make_sampler(config, "torch", get_registry(), nfe=3)
+    with pytest.raises(ConfigError, match=r"^sampler.guidance: got -1.0, expected a value >= 0$"):
+        make_sampler(config, "torch", get_registry(), guidance=-1.0)
+
+
+def test_an_objective_with_repeated_conditions_is_a_config_error():
+    from toolkit.interfaces import DataSpec
+
+    config = config_from_dict({"data": "moons", "model": "mlp", "objective": "flow_matching", "sampler": "euler"},
+                              registry=get_registry())
+    options = type("Options", (), {"conditions": ("omega", "omega")})()  # a plugin's options, declared twice
+    config = attrs.evolve(config, objective=attrs.evolve(config.objective, options=options))
+    with pytest.raises(ConfigError, match=r"objective.conditions: objective 'flow_matching' declares "
+                                          r"\('omega', 'omega'\); expected distinct non-empty names"):
+        config.network_spec(DataSpec((2,)))
 
 
 def test_sliced_wasserstein_of_a_translation():

@@ -241,8 +241,8 @@ class Config:
         conditions it on (``conditions`` of its options, if any)."""
         conditions = tuple(getattr(self.objective.options, "conditions", ()))
         if len(set(conditions)) != len(conditions) or not all(isinstance(c, str) and c for c in conditions):
-            raise ConfigError(f"objective {self.objective.name!r} declares conditions {conditions!r}; "
-                              f"expected distinct non-empty names")
+            raise ConfigError("", "objective.conditions", f"objective {self.objective.name!r} declares "
+                                                          f"{quoted(conditions)}; expected distinct non-empty names")
         return attrs.evolve(data, conditions=conditions)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from toolkit.checkpoint import chosen_average, metadata_value, restore_engine, stored_config
 from toolkit.config import Config, InvalidValue, config_from_dict
-from toolkit.errors import ConfigError, ToolkitError, UsageError
+from toolkit.errors import ConfigError, ToolkitError, UsageError, quoted
 from toolkit.interfaces import DataSpec
 
 #: samples per row of a class-conditional grid (one row per class)
@@ -102,8 +102,8 @@ def make_sampler(config: Config, backend: str, registry, nfe: int | None = None,
             raise UsageError(f"the {config.sampler.name} sampler has no {key} option{why}")
     try:
         options = attrs.evolve(options, **changes) if changes else options
-    except InvalidValue as error:
-        raise ConfigError(f"sampler.{error}") from None
+    except InvalidValue as error:  # a value given on the command line (--nfe, --guidance)
+        raise ConfigError("", f"sampler.{error.name}", f"got {quoted(error.value)}, expected {error.expected}") from None
     return registry.load("sampler", config.sampler.name, backend)(options)
 
 
