@@ -106,8 +106,8 @@ def install_plugin(tmp_path, monkeypatch):
     site.mkdir()
     monkeypatch.syspath_prepend(str(site))
 
-    def install(distribution: str, entry_name: str, source: str, version: str = "0.1") -> Path:
-        module = f"{entry_name}_plugin_module"
+    def install(distribution: str, entry_name: str, source: str, version: str = "0.1", module: str = "") -> Path:
+        module = module or f"{entry_name}_plugin_module"
         (site / f"{module}.py").write_text(textwrap.dedent(source))
         info = site / f"{distribution.replace('-', '_')}-{version}.dist-info"
         info.mkdir()

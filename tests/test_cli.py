@@ -31,18 +31,23 @@ def test_plugins_json_shape(capsys):
     code, out, err = run_cli(capsys, "plugins", "--json")
     assert code == 0 and err == ""
     rows = json.loads(out)
-    assert all(set(row) == {"kind", "name", "plugin", "version", "backends"} for row in rows)
+    assert all(set(row) == {"kind", "name", "plugin", "version", "backends", "summary"} for row in rows)
     assert {"kind": "objective", "name": "flow_matching", "plugin": "meanflow-toolkit", "version": "0.1.0",
-            "backends": ["jax", "torch"]} in rows
+            "backends": ["jax", "torch"],
+            "summary": "Flow matching: velocity regression on the linear path (baseline)."} in rows
     assert {"kind": "backend", "name": "jax", "plugin": "meanflow-toolkit", "version": "0.1.0",
-            "backends": ["jax"]} in rows
+            "backends": ["jax"], "summary": "JAX/Equinox engine (jit-compiled step, optax)"} in rows
 
 
 def test_plugins_table(capsys):
     code, out, _ = run_cli(capsys, "plugins")
     lines = out.splitlines()
-    assert code == 0 and lines[0].split() == ["KIND", "NAME", "PLUGIN", "VERSION", "BACKENDS"]
-    assert any(line.split()[:2] == ["dataset", "checkerboard"] and line.endswith("jax, torch") for line in lines)
+    assert code == 0 and lines[0].split() == ["KIND", "NAME", "PLUGIN", "VERSION", "BACKENDS", "SUMMARY"]
+    assert any(line.split()[:2] == ["dataset", "checkerboard"] and "jax, torch" in line for line in lines)
+    # the summary a component registers (or its options' first docstring line) is shown
+    assert any(line.split()[:2] == ["objective", "meanflow"]
+               and line.endswith("MeanFlow: average velocity from the MeanFlow identity (one JVP per step).")
+               for line in lines)
 
 
 def test_plugins_reports_a_broken_plugin_and_lists_the_rest(capsys, install_plugin):
@@ -150,7 +155,7 @@ def test_broken_plugins_never_break_the_cli_for_the_rest(capsys, install_plugin,
 
         @hookimpl
         def register_objectives(register):
-            register("torch_only_fm", {"torch": "toolkit.plugins.flow_matching.torch:FlowMatching"},
+            register("torch_only_fm", {"torch": "toolkit.plugins.flow_matching.objective:FlowMatching"},
                      options=FlowMatchingOptions)
     """)
     code, out, err = run_cli(capsys, "plugins")
@@ -159,7 +164,7 @@ def test_broken_plugins_never_break_the_cli_for_the_rest(capsys, install_plugin,
     assert "plugin 'malformed' (toolkit-malformed 0.1) failed while registering" in err
     assert "sampler 'half_registered': implementation 'no_colon_here' for '*' is not 'module:attribute'" in err
     rows = [line.split() for line in out.splitlines()]
-    assert ["objective", "torch_only_fm", "toolkit-torch-only", "0.1", "torch"] in rows
+    assert ["objective", "torch_only_fm", "toolkit-torch-only", "0.1", "torch"] in [row[:5] for row in rows]
     assert "half_registered" not in out
 
     short = ["--no-progress", "--set", "run.steps=2", "--set", "logging.every=1", "--set", "eval.num_samples=64"]

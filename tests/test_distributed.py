@@ -121,8 +121,8 @@ def test_jax_two_processes_train_as_one(tmp_path, jax_one_device):
 
 
 # One DDP step against the single-process gradient of the whole global batch, step by step, with
-# the replicas compared after every step (SPEC.md section 2a: a JVP that bypassed DDP would
-# leave the gradients unsynchronised).
+# the replicas compared after every step (a JVP that bypassed the DDP wrapper, as torch.func.jvp
+# of the wrapped module does, would leave the gradients unsynchronised).
 DDP_GRADIENTS = """
     import copy, json, sys
     import numpy as np, torch

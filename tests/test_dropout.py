@@ -12,6 +12,7 @@ from toolkit.interfaces import DataSpec
 from toolkit.plugins.dit import DiTOptions
 from toolkit.plugins.meanflow import MeanFlowOptions
 from toolkit.plugins.unet import UNetOptions
+from toolkit.ops import backend_ops
 from toolkit.registry import get_registry
 
 RATE = 0.5
@@ -23,13 +24,13 @@ SEEDS = np.array([0, 1, 7, 2 ** 31 - 1, 123_456_789, 99], dtype=np.int64)
 
 def ops(backend):
     if backend == "torch":
-        from toolkit.backends.torch.ops import dropout
+        from toolkit.backends.torch.layers import dropout
 
         return lambda h, rate, seeds, site: to_numpy(dropout(to_backend(backend, h), rate,
                                                              to_backend(backend, seeds), site))
     import jax
 
-    from toolkit.backends.jax.ops import dropout
+    from toolkit.backends.jax.layers import dropout
 
     return lambda h, rate, seeds, site: to_numpy(jax.vmap(lambda a, s: dropout(a, rate, s, site))(
         to_backend(backend, h), to_backend(backend, seeds)))
@@ -102,7 +103,8 @@ def test_the_prediction_and_its_target_see_the_same_masks(backend, name):
     r = np.where(np.arange(n) < averaged, t * rng.random(n), t)
     with float64(backend):
         model = perturbed(backend, build_backbone(backend, name, options, DataSpec(shape)))
-        mf = get_registry().load("objective", "meanflow", backend)(MeanFlowOptions(ratio=0.5), DataSpec(shape))
+        mf = get_registry().load("objective", "meanflow", backend)(MeanFlowOptions(ratio=0.5), DataSpec(shape),
+                                                                  backend_ops(backend))
         u, target = (to_numpy(a) for a in mf.target(model, *(to_backend(backend, a) for a in (z, t, r)), None,
                                                       to_backend(backend, v), averaged=averaged,
                                                       draws={DROPOUT_SEED: to_backend(backend, SEEDS)}))
@@ -147,7 +149,8 @@ def test_torch_dropout_layers_of_a_third_party_backbone_share_one_call():
     z, v = rng.standard_normal((n, 16)), rng.standard_normal((n, 16))
     t = 0.2 + 0.7 * rng.random(n)
     r = np.where(np.arange(n) < averaged, t * rng.random(n), t)
-    mf = get_registry().load("objective", "meanflow", "torch")(MeanFlowOptions(ratio=0.5), DataSpec((16,)))
+    mf = get_registry().load("objective", "meanflow", "torch")(MeanFlowOptions(ratio=0.5), DataSpec((16,)),
+                                                               backend_ops("torch"))
     model = TwoDropouts().train()
     u, target = (a.detach().numpy() for a in mf.target(model, *(torch.from_numpy(a) for a in (z, t, r)), None,
                                                          torch.from_numpy(v), averaged=averaged))

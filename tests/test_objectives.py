@@ -14,6 +14,7 @@ from toolkit.plugins.mlp import MLPOptions
 from toolkit.plugins.samplers import MeanFlowSampler, MeanFlowSamplerOptions
 from toolkit.plugins.splitmeanflow import SplitMeanFlowOptions
 from toolkit.plugins.toy2d import exact_average_velocity
+from toolkit.ops import backend_ops
 from toolkit.registry import get_registry
 
 MEAN, STD = 1.5, 0.5
@@ -21,7 +22,7 @@ SPEC = DataSpec((2,))
 
 
 def objective(backend, name, options, spec=SPEC):
-    return get_registry().load("objective", name, backend)(options, spec)
+    return get_registry().load("objective", name, backend)(options, spec, backend_ops(backend))
 
 
 def batch(n=64, seed=0, std=STD, ratio=0.75, spec=SPEC):

@@ -24,9 +24,9 @@ def test_wheel_installs_everything_under_the_toolkit_namespace(tmp_path):
     top_level = {name.split("/")[0] for name in names}
     assert top_level == {"toolkit", "meanflow_toolkit-0.1.0.dist-info"}
     for module in ["toolkit/backends/torch/engine.py", "toolkit/backends/jax/engine.py",
-                   "toolkit/plugins/flow_matching/jax.py", "toolkit/plugins/mlp/torch.py", "toolkit/cli.py",
+                   "toolkit/plugins/flow_matching/objective.py", "toolkit/plugins/mlp/torch.py", "toolkit/cli.py",
                    "toolkit/plugin_template/pyproject.toml.tmpl",  # `toolkit plugin new` works from a wheel
-                   "toolkit/plugin_template/package/jax_impl.py.tmpl",
+                   "toolkit/plugin_template/package/objective.py.tmpl",
                    "toolkit/plugin_template/tests/test_package.py.tmpl"]:
         assert module in names
     assert "[toolkit]\n" in entry_points and "flow_matching = toolkit.plugins.flow_matching" in entry_points

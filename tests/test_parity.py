@@ -16,6 +16,7 @@ from toolkit.plugins.mlp import MLPOptions
 from toolkit.plugins.flow_matching import FlowMatchingOptions
 from toolkit.plugins.meanflow import Guidance, MeanFlowOptions
 from toolkit.plugins.splitmeanflow import SplitMeanFlowOptions
+from toolkit.ops import backend_ops
 from toolkit.registry import get_registry
 
 RTOL = 1e-10
@@ -91,8 +92,8 @@ def test_objective_loss_and_gradients_agree(name, backbone, num_classes):
         options = OBJECTIVES[name]
         a = inputs(spec, seed=1)
         draws = options.draw(np.random.default_rng(2), len(a["x"]), 0, spec)
-        torch_objective = registry.load("objective", name, "torch")(options, spec)
-        jax_objective = registry.load("objective", name, "jax")(options, spec)
+        torch_objective = registry.load("objective", name, "torch")(options, spec, backend_ops("torch"))
+        jax_objective = registry.load("objective", name, "jax")(options, spec, backend_ops("jax"))
 
         tensor = lambda v: None if v is None else torch.from_numpy(v)  # noqa: E731
         loss, torch_parts = torch_objective.loss(torch_model, tensor(a["x"]), tensor(a["y"]),

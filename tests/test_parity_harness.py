@@ -113,10 +113,10 @@ class _WrongJaxFlowMatching:
 
     error, float32_only = 1e-4, False
 
-    def __init__(self, options, spec):
-        from toolkit.plugins.flow_matching.jax import FlowMatching
+    def __init__(self, options, spec, ops):
+        from toolkit.plugins.flow_matching.objective import FlowMatching
 
-        self.inner = FlowMatching(options, spec)
+        self.inner = FlowMatching(options, spec, ops)
 
     def regression(self, *args):
         return self.inner.regression(*args)
@@ -140,7 +140,7 @@ class _WrongPlugin:
         from toolkit.plugins.flow_matching import FlowMatchingOptions
 
         for name, jax_half in (("wrong_fm", _WrongJaxFlowMatching), ("imprecise_fm", _ImpreciseJaxFlowMatching)):
-            register(name, {"torch": "toolkit.plugins.flow_matching.torch:FlowMatching", "jax": jax_half},
+            register(name, {"torch": "toolkit.plugins.flow_matching.objective:FlowMatching", "jax": jax_half},
                      options=FlowMatchingOptions)
 
 
@@ -259,10 +259,10 @@ def test_zero_initialised_layers_do_not_hide_a_wrong_network(monkeypatch):
 class _OneSidedRegression:
     """Flow matching whose JAX half does not provide ``regression``: a mismatch, not a pass."""
 
-    def __init__(self, options, spec):
-        from toolkit.plugins.flow_matching.jax import FlowMatching
+    def __init__(self, options, spec, ops):
+        from toolkit.plugins.flow_matching.objective import FlowMatching
 
-        self.loss = FlowMatching(options, spec).loss
+        self.loss = FlowMatching(options, spec, ops).loss
 
 
 class _OneSidedPlugin:
@@ -270,7 +270,7 @@ class _OneSidedPlugin:
     def register_objectives(self, register):
         from toolkit.plugins.flow_matching import FlowMatchingOptions
 
-        register("one_sided", {"torch": "toolkit.plugins.flow_matching.torch:FlowMatching",
+        register("one_sided", {"torch": "toolkit.plugins.flow_matching.objective:FlowMatching",
                                "jax": _OneSidedRegression}, options=FlowMatchingOptions)
 
 

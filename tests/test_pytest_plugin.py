@@ -15,10 +15,10 @@ PLUGIN = """
 
     class WrongJaxFlowMatching:
         # the JAX half of a port with a subtle bug: the loss is 1e-4 too large
-        def __init__(self, options, spec):
-            from toolkit.plugins.flow_matching.jax import FlowMatching
+        def __init__(self, options, spec, ops):
+            from toolkit.plugins.flow_matching.objective import FlowMatching
 
-            self.inner = FlowMatching(options, spec)
+            self.inner = FlowMatching(options, spec, ops)
 
         def regression(self, *args):
             return self.inner.regression(*args)
@@ -30,7 +30,7 @@ PLUGIN = """
 
     @hookimpl
     def register_objectives(register):
-        register("my_fm", {"torch": "toolkit.plugins.flow_matching.torch:FlowMatching",
+        register("my_fm", {"torch": "toolkit.plugins.flow_matching.objective:FlowMatching",
                            "jax": JAX_IMPLEMENTATION}, options=FlowMatchingOptions,
                  examples=[{"objective": {"label_dropout": 0.5}}])
 """
@@ -65,7 +65,7 @@ def pytest_in(folder, env=None, *args) -> subprocess.CompletedProcess:
 
 
 def test_a_plugin_package_gets_the_shared_checks_with_one_line(install_plugin, tmp_path):
-    result = run_plugin_tests(install_plugin, tmp_path, '"toolkit.plugins.flow_matching.jax:FlowMatching"')
+    result = run_plugin_tests(install_plugin, tmp_path, '"toolkit.plugins.flow_matching.objective:FlowMatching"')
     assert result.returncode == 0, result.stdout + result.stderr
     # parity (1) + loss/gradients (2 backends) + train_step (2 backends) + the fixture test (2);
     # the checks of other kinds (backbones, samplers, schedules) are deselected, not skipped

@@ -195,3 +195,22 @@ def test_a_second_plugin_of_the_same_name_is_skipped():
     assert not registry.add_plugin(One(), "same")
     assert registry.problems == ["plugin 'same' (registered directly) is skipped: another plugin of that name "
                                  "is loaded (registered directly)"]
+
+
+def test_two_packages_may_share_an_entry_point_name(install_plugin):
+    """Entry-point names are chosen per package: the second package of a name loads too, known
+    by its distribution as well; only a clash of component names is an error (and names both)."""
+    source = """
+        from toolkit.api import hookimpl
+
+        @hookimpl
+        def register_metrics(register):
+            register("{metric}", {{"*": "math:sqrt"}})
+    """
+    install_plugin("toolkit-first", "shared", source.format(metric="first_metric"), module="first_module")
+    install_plugin("toolkit-second", "shared", source.format(metric="second_metric"), module="second_module")
+    registry = Registry.from_entry_points()
+    assert registry.problems == []
+    assert registry.get("metric", "first_metric").plugin.distribution == "toolkit-first"
+    second = registry.get("metric", "second_metric").plugin
+    assert second.distribution == "toolkit-second" and second.name == "toolkit-second:shared"

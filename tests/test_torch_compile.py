@@ -13,7 +13,8 @@ from test_torch_paths import loss_and_grads, problem
 from toolkit.backends.torch.jvp import jvp_mode
 from toolkit.interfaces import DataSpec
 from toolkit.plugins.meanflow import MeanFlowOptions
-from toolkit.plugins.meanflow.torch import MeanFlow
+from toolkit.backends.torch.ops import OPS
+from toolkit.plugins.meanflow.objective import MeanFlow
 
 
 def test_compiled_loss_is_one_graph_with_the_eager_numbers():
@@ -74,4 +75,4 @@ def test_every_image_backbone_compiles_with_every_jvp_mode(backbone, mode):
     x, noise = (torch.from_numpy(rng.standard_normal((4, *spec.shape))) for _ in range(2))
     args = (x, torch.from_numpy(rng.integers(0, 4, 4)), draws, noise)
     with jvp_mode(mode):
-        assert_compiled_matches_eager(MeanFlow(options, spec), model, args, backend="aot_eager", fullgraph=True)
+        assert_compiled_matches_eager(MeanFlow(options, spec, OPS), model, args, backend="aot_eager", fullgraph=True)

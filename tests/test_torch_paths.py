@@ -11,7 +11,8 @@ from backend_arrays import build_backbone
 from toolkit.backends.torch.jvp import jvp_mode
 from toolkit.interfaces import DataSpec
 from toolkit.plugins.meanflow import MeanFlowOptions
-from toolkit.plugins.meanflow.torch import MeanFlow
+from toolkit.backends.torch.ops import OPS
+from toolkit.plugins.meanflow.objective import MeanFlow
 from toolkit.plugins.mlp import MLPOptions
 
 SPEC = DataSpec((2,), 4)
@@ -24,7 +25,7 @@ def problem(seed=0, n=32):
     x, noise = (torch.from_numpy(rng.standard_normal((n, 2))) for _ in range(2))
     y = torch.from_numpy(rng.integers(0, 4, n))
     model = build_backbone("torch", "mlp", MLPOptions(hidden=16, depth=2, time_embed_dim=8), SPEC)
-    return MeanFlow(options, SPEC), model, (x, y, draws, noise)
+    return MeanFlow(options, SPEC, OPS), model, (x, y, draws, noise)
 
 
 def loss_and_grads(objective, model, args, **target_options):
@@ -52,7 +53,6 @@ def test_joint_and_separate_jvp_recipes_agree(mode):
 def test_under_bf16_autocast_the_target_stays_float32(joint):
     """mixed_precision: bf16 autocasts the prediction only: the target's JVP and the loss run in
     float32, as the authors' code (its meanflow.py:54). torch-only: JAX has no autocast."""
-    from toolkit.backends.torch.ops import squared_error
     from toolkit.plugins.dit import DiTOptions
 
     torch.manual_seed(0)
@@ -65,11 +65,11 @@ def test_under_bf16_autocast_the_target_stays_float32(joint):
     z, v = (torch.from_numpy(rng.standard_normal((16, *spec.shape)).astype(np.float32)) for _ in range(2))
     t = torch.from_numpy(rng.uniform(0.1, 1.0, 16).astype(np.float32))
     r = t * torch.from_numpy(rng.random(16).astype(np.float32))
-    mf = MeanFlow(MeanFlowOptions(ratio=1.0), spec)
+    mf = MeanFlow(MeanFlowOptions(ratio=1.0), spec, OPS)
     u32, target32 = (a.detach() for a in mf.target(model, z, t, r, None, v, joint=joint))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         u16, target16 = (a.detach() for a in mf.target(model, z, t, r, None, v, joint=joint))
-        error = squared_error(u16, target16)
+        error = OPS.squared_error(u16, target16)
     relative = lambda a, b: float((a.float() - b).norm() / b.norm())  # noqa: E731
     assert error.dtype == torch.float32
     if not joint:  # the eager prediction is autocast; the joint one comes from the float32 JVP

@@ -78,20 +78,20 @@ def run(config_path, backend, overrides, out_dir, overwrite, resume, progress, s
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="One JSON list of objects (kind, name, plugin, version, backends).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON list of objects (kind, name, plugin, version, backends, summary).")
 def plugins(as_json):
     """List every registered component and the plugin that provides it."""
     registry = _registry()
     _warn_problems(registry)
     rows = [{"kind": c.kind, "name": c.name, "plugin": c.plugin.distribution or c.plugin.name,
-             "version": c.plugin.version, "backends": registry.backends_of(c)}
+             "version": c.plugin.version, "backends": registry.backends_of(c), "summary": c.summary}
             for c in registry.components()]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    table = [("KIND", "NAME", "PLUGIN", "VERSION", "BACKENDS")] + [
-        (r["kind"], r["name"], r["plugin"], r["version"], ", ".join(r["backends"])) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(5)]
+    table = [("KIND", "NAME", "PLUGIN", "VERSION", "BACKENDS", "SUMMARY")] + [
+        (r["kind"], r["name"], r["plugin"], r["version"], ", ".join(r["backends"]), r["summary"]) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 

@@ -44,6 +44,7 @@ def check(predicate, expected: str):
         if value is not None and not predicate(value):
             raise InvalidValue(attribute.name, value, expected)
 
+    validator.__doc__ = f"An attrs validator: {expected} (None passes)."
     return validator
 
 
@@ -55,10 +56,12 @@ dropout_rate = check(lambda v: 0.0 <= v < 1.0, "a dropout rate in [0, 1)")
 
 
 def at_least(bound: float):
+    """An attrs validator: a value >= ``bound``."""
     return check(lambda v: v >= bound, f"a value >= {bound}")
 
 
 def at_most(bound: float):
+    """An attrs validator: a value <= ``bound``."""
     return check(lambda v: v <= bound, f"a value <= {bound}")
 
 

@@ -149,7 +149,7 @@ def drawable(spec: DataSpec, dataset) -> bool:
 
 def samples_picture(samples: np.ndarray, path: Path | None, title: str, reference: np.ndarray | None = None):
     """Save (if ``path``) and return an RGB picture of samples: a grid of images, or a scatter
-    of 2-D points beside ``reference``."""
+    of 2-D points, beside the held-out ``reference`` when given."""
     from toolkit.plotting import image_grid, save_rgb, scatter_against_data
 
     if not picturable(samples):
@@ -160,7 +160,7 @@ def samples_picture(samples: np.ndarray, path: Path | None, title: str, referenc
         if path is not None:
             save_rgb(rgb, path)
         return rgb
-    return scatter_against_data(samples, samples if reference is None else reference, path, title)
+    return scatter_against_data(samples, reference, path, title)
 
 
 def as_images(samples: np.ndarray, dataset) -> np.ndarray | None:

@@ -1,6 +1,7 @@
 """Every hook a plugin can implement. This module is the plugin contract.
 
-A plugin is a module (or any object) with functions decorated by :data:`hookimpl`,
+A plugin is a module (or any object) with functions decorated by :data:`hookimpl`
+(``toolkit.api.hookimpl``),
 made known through the ``toolkit`` entry-point group::
 
     # pyproject.toml of a third-party package
@@ -25,8 +26,9 @@ Each ``register_<kind>s`` hook receives a ``register`` callback with the signatu
 ``implementations``
     Backend name -> implementation, either the object itself or a lazy
     ``"package.module:attribute"`` string (so that listing plugins imports no
-    framework). The key ``"*"`` marks a backend-agnostic implementation (NumPy, or
-    arithmetic that works on any backend's arrays).
+    framework). The key ``"*"`` marks a backend-agnostic implementation (NumPy,
+    arithmetic that works on any backend's arrays, or an objective written against the op
+    table it is built with, :class:`toolkit.ops.Ops`).
 ``options``
     An attrs class holding the component's own hyper-parameters, with defaults. The
     keys of the config section other than ``name`` are validated against it.

@@ -1,6 +1,7 @@
 """What each kind of component provides. Backend-agnostic: nothing here imports a framework.
 
-Time convention (``shared/SPEC.md`` section 0), one for the whole toolkit:
+Time convention, one for the whole toolkit (that of both authors' codes, Gsunshine/meanflow and
+Gsunshine/py-meanflow):
 
 * the linear path puts **data at t = 0 and noise at t = 1**: ``z_t = (1 - t) x + t e``,
   ``e ~ N(0, I)``; the conditional velocity is ``v = e - x``;
@@ -122,7 +123,11 @@ class ObjectiveOptions(Protocol):
 
 
 class Objective(Protocol):
-    """``Objective(options, spec)`` per backend: maps a batch to a scalar loss.
+    """``Objective(options, spec, ops)``: maps a batch to a scalar loss.
+
+    ``ops`` is the running backend's op table (:class:`toolkit.ops.Ops`): an objective written
+    against it alone is registered once, under ``"*"``, and runs on every backend. One
+    registered per backend may use its framework directly and ignore ``ops``.
 
     ``loss(model, x, y, draws, noise)`` with ``x`` and ``noise`` (B, *S) backend arrays,
     ``y`` (B,) or None, ``draws`` the output of ``options.draw`` as backend arrays.

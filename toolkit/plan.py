@@ -26,8 +26,7 @@ attention probabilities and logits, ``2 h n``, as when attention is computed exp
 allocator overhead and temporary buffers are not counted. For other backbones ``A`` is not
 modelled (reported as unknown).
 
-``F``, the objective's factor (SPEC.md section 7 gives no measured memory factor, so these
-are reasoned, not measured): flow matching 1; MeanFlow ``1 + ratio``: the JVP's tangents
+``F``, the objective's factor (reasoned from what each step keeps alive, not measured): flow matching 1; MeanFlow ``1 + ratio``: the JVP's tangents
 double the forward activations of the pairs with r < t (the leading ``ratio`` share of the
 batch) when the JVP is part of the differentiated graph (``backend.torch.compile``, the
 joint path); eager PyTorch takes the JVP without a graph, so there ``F`` is an upper bound;

@@ -9,17 +9,22 @@ import numpy as np
 from toolkit.files import atomic_write
 
 
-def scatter_against_data(samples: np.ndarray, reference: np.ndarray, path: Path | None, title: str) -> np.ndarray:
-    """A side-by-side scatter of 2-D data and samples as (H, W, 3) uint8, saved as PNG if ``path``."""
+def scatter_against_data(samples: np.ndarray, reference: np.ndarray | None, path: Path | None,
+                         title: str) -> np.ndarray:
+    """A scatter of 2-D samples, beside the held-out data ``reference`` when given, as (H, W, 3)
+    uint8, saved as PNG if ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lim = float(np.quantile(np.abs(reference), 0.999)) * 1.2
-    figure, axes = plt.subplots(1, 2, figsize=(8, 4.2), sharex=True, sharey=True)
-    for axis, points, name, color in [(axes[0], reference, "data (held out)", "tab:blue"),
-                                      (axes[1], samples, "samples", "tab:orange")]:
+    panels = [(samples, "samples", "tab:orange")]
+    if reference is not None:
+        panels.insert(0, (reference, "data (held out)", "tab:blue"))
+    lim = float(np.quantile(np.abs(samples if reference is None else reference), 0.999)) * 1.2
+    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.2), sharex=True, sharey=True,
+                                squeeze=False)
+    for axis, (points, name, color) in zip(axes[0], panels):
         axis.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5, color=color, linewidths=0)
         axis.set_title(name)
         axis.set_xlim(-lim, lim)

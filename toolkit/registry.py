@@ -96,10 +96,16 @@ class Registry:
         allow = _env_list("TOOLKIT_PLUGINS")
         block = _env_list("TOOLKIT_DISABLE_PLUGINS") or set()
         entry_points = importlib.metadata.entry_points(group=group)
-        for entry_point in sorted(entry_points, key=lambda e: (_distribution(e) != DISTRIBUTION, e.name)):
+        for entry_point in sorted(entry_points, key=lambda e: (_distribution(e) != DISTRIBUTION, e.name, _distribution(e))):
             dist = entry_point.dist
             plugin = Plugin(entry_point.name, _distribution(entry_point), dist.version if dist else "")
             names = {plugin.name, plugin.distribution}
+            taken = self.plugins.get(plugin.name)
+            if taken is not None and taken.distribution != plugin.distribution:
+                # entry-point names are chosen per package (often after the component), so two
+                # packages may well share one: the later is known by its distribution as well
+                plugin = attrs.evolve(plugin, name=f"{plugin.distribution}:{plugin.name}")
+                names.add(plugin.name)
             if (allow is not None and not names & allow) or names & block:
                 continue
             try:

@@ -24,11 +24,12 @@ def render_plugin(name: str, out: str | Path) -> list[Path]:
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or keyword.iskeyword(name):
         raise UsageError(f"plugin name {name!r}: expected a lowercase Python identifier such as my_objective "
                          f"(it names the component, the module and the entry point)")
-    _refuse_taken(name)
+    distribution = f"toolkit-{name.replace('_', '-')}"
+    _refuse_taken(name, distribution)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out} exists and is not empty; choose another --out")
-    values = {"name": name, "package": name, "distribution": f"toolkit-{name.replace('_', '-')}"}
+    values = {"name": name, "package": name, "distribution": distribution}
     written = []
     for source in sorted(TEMPLATE.rglob("*.tmpl")):
         relative = source.relative_to(TEMPLATE).with_suffix("")  # drop .tmpl
@@ -42,9 +43,21 @@ def render_plugin(name: str, out: str | Path) -> list[Path]:
     return written
 
 
-def _refuse_taken(name: str) -> None:
-    """Refuse a package that would shadow an importable module, or a name a component or plugin has."""
+def _refuse_taken(name: str, distribution: str) -> None:
+    """Refuse a package that would shadow an importable module, a name a component or plugin
+    has, or a distribution name an installed package has (pip would replace it)."""
+    from importlib import metadata
+
     from toolkit.registry import get_registry
+
+    try:
+        installed = metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        installed = None
+    if installed is not None:
+        raise UsageError(f"plugin name {name!r}: its distribution {distribution} is installed already "
+                         f"(version {installed.version}); installing the new package would replace it. "
+                         f"Choose another name")
 
     spec = importlib.util.find_spec(name)
     if spec is not None:

@@ -157,7 +157,17 @@ def for_kinds(*kinds: str):
     return mark
 
 
-def _engine(case, backend: str, seed: int = 0, conditions: tuple[str, ...] = ()):
+def example_engine(backend: str, sections: dict, *, seed: int = 0, scale: float = 0.05):
+    """``(engine, config, spec)``: a float64 engine of ``backend`` for the small run of
+    :data:`toolkit.parity.BASE_CONFIG` with ``sections`` in place of its own (e.g.
+    ``{"objective": {"name": "imf"}}``), every weight perturbed by ``scale`` standard normals
+    from ``seed`` (so zero-initialised layers such as adaLN-Zero take part)."""
+    from toolkit.parity import BASE_CONFIG
+
+    return _engine((None, 0, {**BASE_CONFIG, **sections}), backend, seed, scale=scale)
+
+
+def _engine(case, backend: str, seed: int = 0, conditions: tuple[str, ...] = (), scale: float = 0.05):
     """A float64 engine of ``backend`` for an example config, with every weight perturbed (so
     zero-initialised layers such as adaLN-Zero take part), and the example's data spec.
     ``conditions``: build the network as if the objective declared these conditions."""
@@ -167,7 +177,8 @@ def _engine(case, backend: str, seed: int = 0, conditions: tuple[str, ...] = ())
     component, number, data = case
     registry = get_registry()
     data = {**data, "run": {**data.get("run", {}), "dtype": "float64"}}
-    config = config_from_dict(data, f"example {number} of {component.kind} {component.name}", registry=registry)
+    source = "example config" if component is None else f"example {number} of {component.kind} {component.name}"
+    config = config_from_dict(data, source, registry=registry)
     if conditions:
         options = config.objective.options
         declaring = type(f"Conditioned{type(options).__name__}", (type(options),), {"conditions": conditions})
@@ -176,7 +187,7 @@ def _engine(case, backend: str, seed: int = 0, conditions: tuple[str, ...] = ())
     spec = registry.load("dataset", config.data.name, backend)(config.data.options).spec
     engine = registry.load("backend", backend, backend)(config, registry, spec)
     rng = np.random.default_rng(seed)
-    engine.load_state_arrays({k: v + 0.05 * rng.standard_normal(v.shape) for k, v in engine.state_arrays().items()})
+    engine.load_state_arrays({k: v + scale * rng.standard_normal(v.shape) for k, v in engine.state_arrays().items()})
     return engine, config, spec
 
 

@@ -13,12 +13,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from toolkit.backends.jax.ops import OPS
 from toolkit.backends.jax.sharding import data_sharding
 from toolkit.backends.jax.weights import load_named_arrays, named_arrays
 from toolkit.interfaces import in_numerics
 
 
 class JaxEngine:
+    #: the op table objectives are written against (toolkit/ops.py)
+    ops = OPS
+
     def __init__(self, config, registry, spec):
         self.x64 = config.run.dtype == "float64"
         # bf16: JAX has no autocast; its counterpart is the precision of every matrix product
@@ -49,7 +53,7 @@ class JaxEngine:
         self.model = jax.tree_util.tree_map(
             lambda a: a.astype(self.dtype) if eqx.is_inexact_array(a) else a, model)
         objective = registry.load("objective", config.objective.name, "jax")
-        self.objective = objective(config.objective.options, spec)
+        self.objective = objective(config.objective.options, spec, self.ops)
         o = config.optimizer
         # torch.optim.AdamW and optax.adamw agree when every hyper-parameter is given.
         self.tx = optax.inject_hyperparams(optax.adamw)(

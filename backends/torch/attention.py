@@ -1,7 +1,7 @@
 """Multi-head attention that works under forward-mode AD.
 
 ``F.scaled_dot_product_attention`` on the CPU has no forward-mode derivative (inside
-``torch.func.jvp`` it raises NotImplementedError: SPEC.md section 7). :func:`attention`
+``torch.func.jvp`` it raises NotImplementedError, torch 2.13). :func:`attention`
 uses the fused kernel for ordinary forward and backward passes and the explicit formula
 ``softmax(q k^T / sqrt(d)) v`` while a JVP is being taken: inside :func:`forward_mode`
 (which :func:`toolkit.backends.torch.jvp.jvp` enters, compiled or not) or when given dual

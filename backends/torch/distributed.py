@@ -19,7 +19,7 @@ non-finite step alike and the replicas stay equal. Only rank 0 writes files
 Which examples a process gets: every ``world_size``-th one, starting at its rank (a strided
 split, not contiguous blocks). The MeanFlow-family objectives take the JVP only on a *leading*
 slice of the batch whose length they compute from the batch they see (``options.averaged(B)``,
-the pairs with r < t; see :func:`toolkit.plugins.meanflow.draw_time_pairs`). With contiguous
+the pairs with r < t; see :func:`toolkit.draws.draw_time_pairs`). With contiguous
 blocks the first process would get all of those pairs but take the JVP for only half of
 them, and the loss would no longer be the single-process one. The strided split gives every
 process ``averaged(B) / world_size`` of them at the front of its share, which is exactly what

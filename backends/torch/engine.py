@@ -14,6 +14,7 @@ import torch
 from toolkit.backends.torch import TorchOptions
 from toolkit.backends.torch.distributed import data_parallel
 from toolkit.backends.torch.jvp import jvp, jvp_mode
+from toolkit.backends.torch.ops import OPS
 from toolkit.errors import UsageError
 from toolkit.interfaces import in_numerics
 
@@ -21,6 +22,9 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class TorchEngine:
+    #: the op table objectives are written against (toolkit/ops.py)
+    ops = OPS
+
     def __init__(self, config, registry, spec):
         self.matmul_precision = config.run.matmul_precision  # "high" allows TF32 on GPUs
         self._build(config, registry, spec)
@@ -52,7 +56,7 @@ class TorchEngine:
             torch.manual_seed(config.run.seed)
             self.model = backbone(config.model.options, spec).to(self.dtype).to(self.device)
         objective = registry.load("objective", config.objective.name, "torch")
-        self.objective = objective(config.objective.options, spec)
+        self.objective = objective(config.objective.options, spec, self.ops)
         o = config.optimizer
         # fused: the one implementation that can skip a step on a flag left on the device
         # (``found_inf``, GradScaler's protocol), so a non-finite step needs no host sync

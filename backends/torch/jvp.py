@@ -30,8 +30,8 @@ def jvp(fn: Callable, primals: Sequence[torch.Tensor], tangents: Sequence[torch.
     """``(fn(*primals), d/de fn(*(primals + e * tangents)) at e = 0)``.
 
     ``func`` uses ``torch.func.jvp``; ``forward_ad`` uses dual tensors, which also work
-    through a ``DistributedDataParallel`` wrapper (``torch.func.jvp`` does not: SPEC.md
-    section 7). Both give the same numbers. Attention inside ``fn`` takes its JVP-capable path.
+    through a ``DistributedDataParallel`` wrapper (``torch.func.jvp`` does not: it calls the
+    wrapped module functionally, outside DDP's gradient hooks; tests/test_distributed.py). Both give the same numbers. Attention inside ``fn`` takes its JVP-capable path.
     """
     with forward_mode():
         if (mode or _mode) == "func":

@@ -1,4 +1,5 @@
-"""Small PyTorch building blocks shared by the built-in components."""
+"""PyTorch building blocks of the built-in backbones: the time embedding, a group norm that
+``torch.compile`` traces through a JVP, and seeded dropout."""
 
 from __future__ import annotations
 
@@ -40,24 +41,6 @@ class GroupNorm(torch.nn.GroupNorm):
         return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
 
-def full_precision(like: torch.Tensor):
-    """A region that autocast does not reach, on ``like``'s device. The authors take the JVP
-    and the loss outside autocast (Gsunshine/py-meanflow at 1f6d72d,
-    meanflow/models/meanflow.py:54), so ``mixed_precision: bf16`` speeds up the prediction's
-    forward and backward only; the target, whose error is amplified by ``t - r``, stays float32."""
-    return torch.autocast(like.device.type, enabled=False)
-
-
-def squared_error(prediction, target):
-    """(B,): each example's squared error ``||prediction - target||^2``.
-
-    Under bf16 autocast the network's last layer returns bfloat16; the authors compute the
-    loss in float32 (Gsunshine/py-meanflow at 1f6d72d, meanflow/models/meanflow.py:54-65), so
-    the difference is taken in the target's precision.
-    """
-    return per_example_sum((prediction.to(target.dtype) - target) ** 2)
-
-
 _LOW32 = 0xFFFFFFFF
 
 
@@ -87,50 +70,3 @@ def dropout(h: torch.Tensor, rate: float, seed: torch.Tensor | None, site: int) 
     bits = _mix(_times(position, DROPOUT_HASH[0])[None] ^ base.view(-1, *[1] * (h.ndim - 1)))
     keep = (bits >> 8) < keep_threshold(rate)
     return h * keep.to(h.dtype) / (1 - rate)
-
-
-def per_example_sum(x: torch.Tensor) -> torch.Tensor:
-    """(B, ...) -> (B,): the sum over every non-batch dimension."""
-    return x.flatten(1).sum(1)
-
-
-def with_null_labels(y, drop, num_classes: int):
-    """Labels with the dropped ones replaced by the null class ``num_classes``."""
-    if y is None:
-        return None
-    return torch.where(drop, torch.full_like(y, num_classes), y)
-
-
-def expand(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(B,) -> (B, 1, ..., 1), broadcastable against ``like``."""
-    return t.view(-1, *([1] * (like.ndim - 1)))
-
-
-def interpolate(x: torch.Tensor, noise: torch.Tensor, t: torch.Tensor):
-    """The linear path: ``z_t = (1 - t) x + t e`` and its conditional velocity ``v = e - x``."""
-    t_ = expand(t, x)
-    return (1 - t_) * x + t_ * noise, noise - x
-
-
-def adaptive_weight(error: torch.Tensor, power: float, eps: float) -> torch.Tensor:
-    """MeanFlow's adaptive weight ``sg(1 / (error + eps)^power)``; power 0 gives plain MSE."""
-    return 1.0 / (error.detach() + eps) ** power
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` where ``mask``; 0 where the mask is empty."""
-    mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1)
-
-
-def average_velocity_loss(error: torch.Tensor, draws, power: float, eps: float):
-    """The batch loss of the MeanFlow family from the per-example squared error: the adaptive
-    weight, a schedule's per-example ``draws["weight"]`` if any, and the parts to log (the
-    error where r = t, the flow-matching part, and where r < t)."""
-    weighted = adaptive_weight(error, power, eps) * error
-    if "weight" in draws:
-        weighted = weighted * draws["weight"]
-    error = error.detach()
-    t, r = draws["t"], draws["r"]
-    return weighted.mean(), {"mse": error.mean(), "mse_r_eq_t": masked_mean(error, r == t),
-                             "mse_r_lt_t": masked_mean(error, r < t)}

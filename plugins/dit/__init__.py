@@ -1,4 +1,4 @@
-"""DiT (Peebles & Xie, "Scalable Diffusion Models with Transformers"; SPEC.md section 6) as
+"""DiT (Peebles & Xie, "Scalable Diffusion Models with Transformers", arXiv 2212.09748) as
 an average-velocity network u(x, t, r, y): patchify, adaLN-Zero transformer blocks, a final
 adaLN layer, zero-initialised modulation and output. The conditioning vector is
 embed(t) + embed(t - r) + embed(y) (the MeanFlow paper's (t, t - r) input), with a null

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from toolkit.backends.torch.attention import attention
-from toolkit.backends.torch.ops import dropout, sinusoidal_embedding
+from toolkit.backends.torch.layers import dropout, sinusoidal_embedding
 from toolkit.conditions import embedded_conditions, embedded_times, time_input_count
 from toolkit.plugins.dit import check_image_spec, position_embedding
 

@@ -1,4 +1,4 @@
-"""Flow matching on the linear path (SPEC.md section 1): regress ``u(z_t, t, t)`` on ``v = e - x``."""
+"""Flow matching on the linear path (toolkit.interfaces gives the time convention): regress ``u(z_t, t, t)`` on ``v = e - x``."""
 
 from __future__ import annotations
 
@@ -29,7 +29,6 @@ class FlowMatchingOptions:
 @hookimpl
 def register_objectives(register):
     register("flow_matching",
-             {"torch": "toolkit.plugins.flow_matching.torch:FlowMatching",
-              "jax": "toolkit.plugins.flow_matching.jax:FlowMatching"},
+             {"*": "toolkit.plugins.flow_matching.objective:FlowMatching"},
              options=FlowMatchingOptions,
              examples=[{"objective": {"label_dropout": 0.25, "time": {"distribution": "logit_normal"}}}])

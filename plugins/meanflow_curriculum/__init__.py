@@ -1,4 +1,4 @@
-"""The improved MeanFlow training scheme (arXiv 2511.19065; SPEC.md section 4) as a schedule.
+"""The improved MeanFlow training scheme (arXiv 2511.19065) as a schedule.
 
 Finding: the average velocity over long gaps is learned well only once the instantaneous
 velocity v and short-gap averages have formed. The scheme has two halves, both applied after

@@ -8,7 +8,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from toolkit.backends.jax.ops import sinusoidal_embedding
+from toolkit.backends.jax.layers import sinusoidal_embedding
 from toolkit.conditions import condition_columns, network_times, time_input_count
 
 

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from toolkit.backends.torch.ops import sinusoidal_embedding
+from toolkit.backends.torch.layers import sinusoidal_embedding
 from toolkit.conditions import condition_columns, network_times, time_input_count
 
 

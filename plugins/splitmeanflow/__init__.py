@@ -1,4 +1,4 @@
-"""SplitMeanFlow (arXiv 2507.16884; SPEC.md section 3): average velocity from interval-splitting
+"""SplitMeanFlow (arXiv 2507.16884): average velocity from interval-splitting
 consistency, no JVP. For r <= s <= t,
 
     (t - r) u(z_t, r, t) = (s - r) u(z_s, r, s) + (t - s) u(z_t, s, t).
@@ -22,7 +22,7 @@ import numpy as np
 from toolkit.config import non_negative, probability
 from toolkit.hookspecs import hookimpl
 from toolkit.interfaces import DataSpec
-from toolkit.plugins.meanflow import AverageVelocityOptions
+from toolkit.draws import AverageVelocityOptions
 
 
 @attrs.frozen
@@ -39,7 +39,6 @@ class SplitMeanFlowOptions(AverageVelocityOptions):
 @hookimpl
 def register_objectives(register):
     register("splitmeanflow",
-             {"torch": "toolkit.plugins.splitmeanflow.torch:SplitMeanFlow",
-              "jax": "toolkit.plugins.splitmeanflow.jax:SplitMeanFlow"},
+             {"*": "toolkit.plugins.splitmeanflow.objective:SplitMeanFlow"},
              options=SplitMeanFlowOptions,
              examples=[{"objective": {"ratio": 0.6, "weight_power": 0.5, "label_dropout": 0.25}}])

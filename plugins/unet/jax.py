@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from toolkit.backends.jax.attention import attention
-from toolkit.backends.jax.ops import dropout, sinusoidal_embedding
+from toolkit.backends.jax.layers import dropout, sinusoidal_embedding
 from toolkit.conditions import embedded_conditions, embedded_times, time_input_count
 from toolkit.plugins.unet import EMBED_MULT, SKIP_SCALE, check_image_spec, layout
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from toolkit.backends.torch.attention import attention
-from toolkit.backends.torch.ops import GroupNorm, dropout, sinusoidal_embedding
+from toolkit.backends.torch.layers import GroupNorm, dropout, sinusoidal_embedding
 from toolkit.conditions import embedded_conditions, embedded_times, time_input_count
 from toolkit.plugins.unet import EMBED_MULT, SKIP_SCALE, check_image_spec, layout
 

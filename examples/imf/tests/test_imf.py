@@ -4,8 +4,8 @@ the two), and iMF's formulas checked against the network called directly."""
 import numpy as np
 import pytest
 
-from toolkit.interfaces import Batch, DataSpec
-from toolkit.testing import ComponentChecks
+from toolkit.api import Batch, DataSpec
+from toolkit.testing import ComponentChecks, example_engine
 from toolkit_imf.plugin import GuidanceDraws, ImprovedMeanFlowOptions, ImprovedMeanFlowSampler, \
     ImprovedMeanFlowSamplerOptions
 
@@ -40,19 +40,8 @@ def test_guidance_on_unlabelled_data_is_an_error_naming_the_key():
 
 
 def _engine(backend):
-    from toolkit.config import config_from_dict
-    from toolkit.parity import BASE_CONFIG
-    from toolkit.registry import get_registry
-
-    registry = get_registry()
-    data = {**BASE_CONFIG, "objective": {"name": "imf", "label_dropout": 0.25},
-            "sampler": {"name": "imf"}, "run": {**BASE_CONFIG["run"], "dtype": "float64"}}
-    config = config_from_dict(data, "imf test", registry=registry)
-    spec = DataSpec((2,), 4)
-    engine = registry.load("backend", backend, backend)(config, registry, spec)
-    rng = np.random.default_rng(1)
-    engine.load_state_arrays({k: v + 0.1 * rng.standard_normal(v.shape) for k, v in engine.state_arrays().items()})
-    return engine, config, spec
+    return example_engine(backend, {"objective": {"name": "imf", "label_dropout": 0.25}, "sampler": {"name": "imf"}},
+                          seed=1, scale=0.1)
 
 
 def test_prediction_and_target_are_imfs_formulas(backend):

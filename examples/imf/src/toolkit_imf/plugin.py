@@ -36,12 +36,8 @@ from __future__ import annotations
 import attrs
 import numpy as np
 
-from toolkit.config import InvalidValue, check, non_negative, positive, probability
-from toolkit.errors import UsageError
-from toolkit.hookspecs import hookimpl
-from toolkit.interfaces import DataSpec
-from toolkit.plugins.meanflow import AverageVelocityOptions
-from toolkit.timesteps import time_grid
+from toolkit.api import (AverageVelocityOptions, DataSpec, InvalidValue, UsageError, check, hookimpl, non_negative,
+                         positive, probability, time_grid)
 
 #: what the network is conditioned on besides t and r, in this order: the guidance scale as
 #: ``1 - 1/omega`` (0 is no guidance, and it stays in [0, 1) like a time), and its interval.
@@ -140,7 +136,7 @@ class ImprovedMeanFlowSampler:
 
 @hookimpl
 def register_objectives(register):
-    register("imf", {"torch": "toolkit_imf.torch_impl:ImprovedMeanFlow", "jax": "toolkit_imf.jax_impl:ImprovedMeanFlow"},
+    register("imf", {"*": "toolkit_imf.objective:ImprovedMeanFlow"},
              options=ImprovedMeanFlowOptions,
              summary="Improved Mean Flows (arXiv 2512.02012): v-loss through u, guidance as a condition",
              examples=[{"objective": {"label_dropout": 0.25},
