@@ -221,5 +221,5 @@ def test_a_plugin_printing_at_import_leaves_the_json_listing_intact(install_plug
     assert code == 0
     rows = json.loads(out)
     assert {"kind": "objective", "name": "chatty_objective", "plugin": "toolkit-chatty", "version": "0.1",
-            "backends": ["torch"]} in rows
+            "backends": ["torch"], "summary": ""} in rows
     assert err == "chatty: imported\nchatty: registering\nchatty: adding commands\n"
