@@ -31,7 +31,10 @@ What is checked, per kind (the contract of :mod:`toolkit.interfaces`):
   objective, against closed forms, in the toolkit's own suite.)
 * sampler: exact on a constant velocity field; ``nfe`` network evaluations without guidance.
 * schedule: the draws keep their keys and shapes, stay finite, and depend only on the rng.
-* every kind: ``toolkit parity`` on each example, float64 (1e-10 relative).
+* dataset (no backend): batches and held-out examples of the spec's shape, finite, with labels
+  in range (or none); batch i a function of (seed, i) only; no held-out example among the
+  first 1,024 training examples. A data set's examples give its ``data`` section.
+* every kind but datasets: ``toolkit parity`` on each example, float64 (1e-10 relative).
 """
 
 from __future__ import annotations
@@ -102,9 +105,7 @@ def pytest_generate_tests(metafunc):
     for component in cls.selected():
         if kinds is not None and component.kind not in kinds:
             continue
-        from toolkit.parity import example_configs
-
-        configs = example_configs(component)
+        configs = _example_configs(component)
         backends = (_backends() if "backend" in metafunc.fixturenames else [None])
         for number, data in enumerate(configs, 1):
             for backend in backends:
@@ -167,6 +168,47 @@ def example_engine(backend: str, sections: dict, *, seed: int = 0, scale: float 
     return _engine((None, 0, {**BASE_CONFIG, **sections}), backend, seed, scale=scale)
 
 
+#: kinds with shared checks that no backend changes (NumPy in, NumPy out)
+BACKEND_FREE_KINDS = ("dataset",)
+
+
+def _example_configs(component) -> list[dict]:
+    """The small runs a component's checks use: its examples completed by
+    :data:`toolkit.parity.BASE_CONFIG` (a data set's in the ``data`` section)."""
+    import copy
+
+    from toolkit.parity import BASE_CONFIG, example_configs
+
+    if component.kind != "dataset":
+        return example_configs(component)
+    return [{**copy.deepcopy(BASE_CONFIG), "data": {**copy.deepcopy(dict(example.get("data", {}))),
+                                                   "name": component.name}}
+            for example in component.examples or ({},)]
+
+
+def _dataset(case):
+    """The data set of an example config."""
+    from toolkit.config import config_from_dict
+    from toolkit.registry import get_registry
+
+    component, number, data = case
+    registry = get_registry()
+    config = config_from_dict(data, f"example {number} of dataset {component.name}", registry=registry)
+    return registry.load("dataset", component.name, registry.backends_of(component)[0])(config.data.options)
+
+
+def _check_batch(batch, n: int, spec, what: str) -> None:
+    assert batch.x.shape == (n, *spec.shape), f"{what}: x has shape {batch.x.shape}, expected {(n, *spec.shape)}"
+    assert np.isfinite(batch.x).all(), f"{what}: x is not finite"
+    if spec.conditional:
+        assert batch.y is not None and batch.y.shape == (n,), f"{what}: expected {n} labels"
+        assert np.issubdtype(batch.y.dtype, np.integer), f"{what}: labels of dtype {batch.y.dtype}, expected integers"
+        assert 0 <= batch.y.min() and batch.y.max() < spec.num_classes, \
+            f"{what}: labels outside [0, {spec.num_classes})"
+    else:
+        assert batch.y is None, f"{what}: labels given, but the spec has no classes"
+
+
 def _engine(case, backend: str, seed: int = 0, conditions: tuple[str, ...] = (), scale: float = 0.05):
     """A float64 engine of ``backend`` for an example config, with every weight perturbed (so
     zero-initialised layers such as adaLN-Zero take part), and the example's data spec.
@@ -225,13 +267,14 @@ class ComponentChecks:
         from toolkit.registry import get_registry
 
         registry = get_registry()
+        checked = (*SECTIONS, *BACKEND_FREE_KINDS)
         if cls.components == "all":
             found = [c for c in registry.components() if c.kind in SECTIONS]
         else:
             found = [registry.get(*item.split(maxsplit=1)) for item in cls.components]
         if cls.distribution is not None:
             found += [c for c in registry.components()
-                      if c.kind in SECTIONS and c.plugin.distribution == cls.distribution and c not in found]
+                      if c.kind in checked and c.plugin.distribution == cls.distribution and c not in found]
         if not found:
             raise pytest.UsageError(f"{cls.__name__} selects no components: set components = ['<kind> <name>'] "
                                     f"or distribution = '<distribution>' (registered: "
@@ -241,6 +284,7 @@ class ComponentChecks:
 
     # -- every kind ------------------------------------------------------------------------------
 
+    @for_kinds("backbone", "objective", "sampler", "schedule")
     def test_parity_float64(self, component_case):
         from toolkit.parity import run_parity_component
 
@@ -249,6 +293,43 @@ class ComponentChecks:
         rows = run_parity_component(single, _registry())
         failed = [row.describe() for row in rows if not row.ok]
         assert rows and not failed, "\n".join(failed)
+
+    # -- datasets (no backend: NumPy batches) -----------------------------------------------------
+
+    @for_kinds("dataset")
+    def test_dataset_batches_follow_the_spec(self, component_case):
+        import itertools
+
+        dataset = _dataset(component_case)
+        for i, batch in enumerate(itertools.islice(dataset.batches(8, seed=0), 3)):
+            _check_batch(batch, 8, dataset.spec, f"training batch {i}")
+        _check_batch(dataset.reference(16, seed=0), 16, dataset.spec, "reference(16)")
+
+    @for_kinds("dataset")
+    def test_dataset_batch_i_depends_on_the_seed_and_i_only(self, component_case):
+        """What makes a killed run resume on the very batches it would have seen."""
+        import itertools
+
+        first = list(itertools.islice(_dataset(component_case).batches(8, seed=3), 4))
+        resumed = list(itertools.islice(_dataset(component_case).batches(8, seed=3, start=2), 2))
+        for i, (a, b) in enumerate(zip(first[2:], resumed), 2):
+            np.testing.assert_array_equal(a.x, b.x, err_msg=f"batch {i} differs when the stream starts at 2")
+            assert (a.y is None) == (b.y is None) and (a.y is None or np.array_equal(a.y, b.y))
+        other_seed = next(_dataset(component_case).batches(8, seed=4))
+        assert not np.array_equal(other_seed.x, first[0].x), "another seed gives the same first batch"
+
+    @for_kinds("dataset")
+    def test_dataset_held_out_examples_are_not_training_examples(self, component_case):
+        """Evaluation against data the model trained on would flatter it: no held-out example may
+        be among the first 1,024 examples of the training stream."""
+        import itertools
+
+        dataset = _dataset(component_case)
+        held_out = dataset.reference(64, seed=0).x
+        rows = lambda x: {row.tobytes() for row in np.ascontiguousarray(x).reshape(len(x), -1)}  # noqa: E731
+        training = set().union(*(rows(b.x) for b in itertools.islice(dataset.batches(64, seed=0), 16)))
+        shared = rows(held_out) & training
+        assert not shared, f"{len(shared)} of 64 held-out examples are in the training stream"
 
     # -- backbones -------------------------------------------------------------------------------
 
