@@ -23,7 +23,10 @@ What is checked, per kind (the contract of :mod:`toolkit.interfaces`):
 
 * backbone: output shape, finite, depends on t, on r and on the label; deterministic; the
   JVP along (v, 1, 0) equals a central finite difference; weights survive a round trip by name.
-* objective: finite loss, parts and gradients named like the weights, some non-zero; pure
+* objective: on Gaussian data, with its exact field and the posterior-mean example of each
+  z_t, the target equals the prediction (or the loss is 0): the check for an error written
+  alike in every backend;
+  finite loss, parts and gradients named like the weights, some non-zero; pure
   (same inputs, same loss; ``gradients`` changes no weight); ``train_step`` reports that loss
   and the gradient norm and moves the weights; ``regression`` (if provided) returns a
   prediction and a target of the data's shape. (Whether training converges is objective
@@ -425,6 +428,44 @@ class ComponentChecks:
         moved = [k for k in grads if np.abs(grads[k]).max() > 0 and not np.array_equal(before[k], after[k])]
         assert moved and all(np.isfinite(v).all() for v in after.values())
 
+    @for_kinds("objective")
+    def test_objective_target_is_the_exact_field(self, component_case, backend):
+        """Gaussian data N(m, s^2) has its flow in closed form (:func:`_gaussian_field`). Fed the
+        posterior means ``x = E[x | z_t]``, ``noise = E[e | z_t]`` (which put the example at
+        z_t with conditional velocity equal to the marginal one), a regression objective's
+        target equals its prediction by the exact field on every row, and a loss is 0. A sign
+        or tangent error written alike in every backend, which parity cannot see, breaks it
+        (the flow is curved, so the field changes along it)."""
+        from toolkit.config import config_from_dict
+        from toolkit.ops import backend_ops
+        from toolkit.registry import get_registry
+
+        component, number, data = component_case
+        registry = get_registry()
+        config = config_from_dict(data, f"example {number} of objective {component.name}", registry=registry)
+        spec = config.network_spec(registry.load("dataset", config.data.name, backend)(config.data.options).spec)
+        objective = registry.load("objective", component.name, backend)(config.objective.options, spec,
+                                                                         backend_ops(backend))
+        n, m, s, rng = 32, 1.5, 0.5, np.random.default_rng(5)
+        draws = config.objective.options.draw(rng, n, 0, spec)
+        t = draws["t"].reshape(-1, *([1] * len(spec.shape)))
+        z = (1 - t) * (m + s * rng.standard_normal((n, *spec.shape))) + t * rng.standard_normal((n, *spec.shape))
+        variance = (1 - t) ** 2 * s ** 2 + t ** 2
+        x = m + (1 - t) * s ** 2 / variance * (z - (1 - t) * m)  # E[x | z_t]
+        noise = t / variance * (z - (1 - t) * m)  # E[e | z_t]: (1 - t) x + t noise = z_t
+        y = rng.integers(0, spec.num_classes, n) if spec.conditional else None
+        with float64(backend):
+            convert = lambda a: None if a is None else to_backend(backend, a)  # noqa: E731
+            args = (_gaussian_field(backend, m, s), convert(x), convert(y), {k: convert(v) for k, v in draws.items()},
+                    convert(noise))
+            if hasattr(objective, "regression"):
+                prediction, target = (to_numpy(a) for a in objective.regression(*args))
+                np.testing.assert_allclose(prediction, target, rtol=1e-9, atol=1e-9 * np.abs(target).max(),
+                                           err_msg="prediction and target differ for the exact field")
+            else:
+                loss = float(to_numpy(objective.loss(*args)[0]))
+                assert abs(loss) < 1e-12, f"loss {loss} for the exact field, expected 0"
+
     # -- samplers --------------------------------------------------------------------------------
 
     @for_kinds("sampler")
@@ -491,6 +532,25 @@ def _single_example(component, data):
     import attrs
 
     return attrs.evolve(component, examples=(data,))
+
+
+def _gaussian_field(backend: str, m: float, s: float):
+    """The exact average velocity of data N(m, s^2 I) on the linear path
+    (:func:`toolkit.plugins.toy2d.exact_average_velocity`) as a network of ``backend`` that
+    ignores labels, conditions and dropout seeds: batched for torch, one example for JAX."""
+    from toolkit.plugins.toy2d import exact_average_velocity
+
+    if backend == "jax":
+        import jax.numpy as xp
+    else:
+        import torch as xp
+
+    def field(z, t, r, y=None, conditions=None, **seeds):
+        if backend != "jax":
+            t, r = (a.reshape(-1, *([1] * (z.ndim - 1))) for a in (t, r))
+        return exact_average_velocity(z, t, r, m, s, xp)
+
+    return field
 
 
 def _draws(config, spec, case):
