@@ -32,7 +32,10 @@ What is checked, per kind (the contract of :mod:`toolkit.interfaces`):
   prediction and a target of the data's shape. (Whether training converges is objective
   specific: MeanFlow's loss has a moving target and an adaptive weight, so it is tested per
   objective, against closed forms, in the toolkit's own suite.)
-* sampler: exact on a constant velocity field; ``nfe`` network evaluations without guidance.
+* sampler: exact on a constant velocity field; ``nfe`` network evaluations without guidance;
+  a sampler of average velocities chains its (t, r) calls from 1 to 0 and carries the noise
+  exactly to its image under the flow of Gaussian data, given that flow's exact field (an ODE
+  sampler: its times start at 1 and stay in [0, 1]).
 * schedule: the draws keep their keys and shapes, stay finite, and depend only on the rng.
 * dataset (no backend): batches and held-out examples of the spec's shape, finite, with labels
   in range (or none); batch i a function of (seed, i) only; no held-out example among the
@@ -493,6 +496,37 @@ class ComponentChecks:
         np.testing.assert_allclose(out, noise - velocity, rtol=1e-12, atol=1e-12)
         assert len(calls) == sampler.nfe, f"{len(calls)} network evaluations, nfe says {sampler.nfe}"
 
+    @for_kinds("sampler")
+    def test_sampler_follows_the_exact_field(self, component_case, backend):
+        """A sampler that asks for average velocities (calls with r < t) must chain its calls
+        from t = 1 to r = 0 and, with the exact average field of Gaussian data, carry the noise
+        exactly to its image under the flow, ``m + s e``, at any number of steps (a step that
+        evaluates the field at a stale point or moves by another gap does not). An ODE sampler
+        (calls with r = t) must start at t = 1 and stay in [0, 1]."""
+        from toolkit.config import config_from_dict
+        from toolkit.registry import get_registry
+
+        component, number, data = component_case
+        registry = get_registry()
+        config = config_from_dict(data, f"example {number} of sampler {component.name}", registry=registry)
+        sampler = registry.load("sampler", component.name, backend)(config.sampler.options)
+        m, s, noise = 1.5, 0.5, np.random.default_rng(0).standard_normal((5, 3))
+        field, calls = _gaussian_field("torch-batch" if backend != "jax" else "jax-batch", m, s), []
+        with float64(backend):
+            def recorded(z, t, r, y, conditions=None):
+                calls.append((float(t), float(r)))
+                full = lambda a: z[:, :1] * 0 + a  # noqa: E731  (a scalar time for every row)
+                return field(z, full(t), full(r))
+
+            out = to_numpy(sampler.sample(recorded, to_backend(backend, noise), None))
+        if all(t == r for t, r in calls):
+            assert calls[0][0] == 1.0 and all(0.0 <= t <= 1.0 for t, _ in calls), f"ODE sampler's times: {calls}"
+            return
+        assert calls[0][0] == 1.0 and calls[-1][1] == 0.0, f"calls {calls} do not run from t = 1 to r = 0"
+        assert all(a[1] == b[0] for a, b in zip(calls, calls[1:])), f"calls {calls} do not chain (r = next t)"
+        np.testing.assert_allclose(out, m + s * noise, rtol=1e-10, atol=1e-10,
+                                   err_msg="the exact average field does not carry the noise to m + s e")
+
     # -- schedules -------------------------------------------------------------------------------
 
     @for_kinds("schedule")
@@ -537,16 +571,17 @@ def _single_example(component, data):
 def _gaussian_field(backend: str, m: float, s: float):
     """The exact average velocity of data N(m, s^2 I) on the linear path
     (:func:`toolkit.plugins.toy2d.exact_average_velocity`) as a network of ``backend`` that
-    ignores labels, conditions and dropout seeds: batched for torch, one example for JAX."""
+    ignores labels, conditions and dropout seeds: batched for torch, one example for JAX, and
+    for ``torch-batch`` / ``jax-batch`` a batch with times already broadcast against it."""
     from toolkit.plugins.toy2d import exact_average_velocity
 
-    if backend == "jax":
+    if backend.startswith("jax"):
         import jax.numpy as xp
     else:
         import torch as xp
 
     def field(z, t, r, y=None, conditions=None, **seeds):
-        if backend != "jax":
+        if backend == "torch":
             t, r = (a.reshape(-1, *([1] * (z.ndim - 1))) for a in (t, r))
         return exact_average_velocity(z, t, r, m, s, xp)
 

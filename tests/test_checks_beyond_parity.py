@@ -1,6 +1,6 @@
-"""The shared objective check that parity cannot replace: an error written alike in every
-backend (here a flipped sign of the target in an objective written once) passes parity and
-fails the exactness check on Gaussian data, in each backend."""
+"""The shared checks that parity cannot replace, each shown catching an error written alike in
+every backend (a component written once): a flipped sign of an objective's target, and a
+sampler step that evaluates the field at a stale point."""
 
 from __future__ import annotations
 
@@ -63,3 +63,49 @@ def test_a_sign_error_in_every_backend_passes_parity_and_fails_the_exactness_che
                       "test_objective_target_is_the_exact_field[objective-sign_flipped-1-torch]"], result.stdout
     assert "prediction and target differ for the exact field" in result.stdout
     assert "5 passed" in result.stdout  # parity, and the loss, gradient and step checks in both backends
+
+
+WRONG_STEP = """
+    import attrs
+
+    from toolkit.api import hookimpl, time_grid
+
+
+    @attrs.frozen
+    class Options:
+        \"\"\"Few-step sampling of an average-velocity model, with a stale evaluation point.\"\"\"
+
+        nfe: int = 2
+
+
+    class StaleStep:
+        def __init__(self, options):
+            self.nfe = options.nfe
+
+        def sample(self, model_fn, noise, y=None):
+            z, grid = noise, time_grid(self.nfe)
+            for t, r in zip(grid[:-1], grid[1:]):
+                z = z - (t - r) * model_fn(noise, t, r, y)  # the error: the field at the noise, not at z
+            return z
+
+
+    @hookimpl
+    def register_samplers(register):
+        register("stale_step", {"*": StaleStep}, options=Options)
+"""
+
+
+def test_a_wrong_sampler_step_passes_the_constant_field_and_fails_the_exact_field(install_plugin, tmp_path):
+    site = install_plugin("toolkit-stale-step", "stale_step", WRONG_STEP)
+    tests = tmp_path / "plugin_tests"
+    tests.mkdir()
+    (tests / "test_stale_step.py").write_text(textwrap.dedent(TESTS.replace("objective sign_flipped",
+                                                                            "sampler stale_step")))
+    (tests / "conftest.py").write_text(OPT_IN)
+    result = pytest_in(tmp_path, {"PYTHONPATH": str(site)}, tests)
+    failed = sorted(line.split("::")[-1].split(" ")[0] for line in result.stdout.splitlines()
+                    if line.startswith("FAILED"))
+    assert failed == ["test_sampler_follows_the_exact_field[sampler-stale_step-1-jax]",
+                      "test_sampler_follows_the_exact_field[sampler-stale_step-1-torch]"], result.stdout
+    assert "the exact average field does not carry the noise to m + s e" in result.stdout
+    assert "3 passed" in result.stdout  # parity and the constant field in both backends
