@@ -67,9 +67,10 @@ def pytest_in(folder, env=None, *args) -> subprocess.CompletedProcess:
 def test_a_plugin_package_gets_the_shared_checks_with_one_line(install_plugin, tmp_path):
     result = run_plugin_tests(install_plugin, tmp_path, '"toolkit.plugins.flow_matching.objective:FlowMatching"')
     assert result.returncode == 0, result.stdout + result.stderr
-    # parity (1) + loss/gradients (2 backends) + train_step (2 backends) + the fixture test (2);
+    # parity (1) + loss/gradients, train_step and the exact field (2 backends each) + the
+    # fixture test (2);
     # the checks of other kinds (backbones, samplers, schedules) are deselected, not skipped
-    assert "7 passed" in result.stdout and "deselected" in result.stdout and "skipped" not in result.stdout
+    assert "9 passed" in result.stdout and "deselected" in result.stdout and "skipped" not in result.stdout
 
 
 def test_the_shared_checks_catch_a_wrong_jax_implementation(install_plugin, tmp_path):
@@ -77,7 +78,7 @@ def test_the_shared_checks_catch_a_wrong_jax_implementation(install_plugin, tmp_
     assert result.returncode == 1
     assert "FAILED plugin_tests/test_my_fm.py::TestMyPlugin::test_parity_float64[objective-my_fm-1]" in result.stdout
     assert "objective my_fm: loss (differs by 1.00e-04 relative; tolerance 1.0e-10)" in result.stdout
-    assert "6 passed" in result.stdout  # the backend's own behaviour is fine; only the comparison fails
+    assert "8 passed" in result.stdout  # the backend's own behaviour is fine; only the comparison fails
 
 
 def test_selecting_nothing_is_an_error_not_an_empty_pass(tmp_path):

@@ -256,10 +256,13 @@ def _rel(a, b) -> float:
 class ComponentChecks:
     """Subclass it (the class name must start with ``Test``) and select components with
     ``components = ["<kind> <name>", ...]``, ``distribution = "<dist>"``, or ``components = "all"``
-    (every registered component of a backend-dependent kind). Selecting nothing is an error."""
+    (every registered component of a backend-dependent kind), less ``exclude``. Selecting
+    nothing is an error."""
 
     components: ClassVar[Sequence[str] | str] = ()
     distribution: ClassVar[str | None] = None
+    #: ``["<kind> <name>", ...]`` left out of a ``distribution`` or ``"all"`` selection (say why)
+    exclude: ClassVar[Sequence[str]] = ()
 
     def pytest_generate_tests(self, metafunc):
         """Called by pytest beside the plugin's own hook: only to say the plugin is off."""
@@ -281,6 +284,7 @@ class ComponentChecks:
         if cls.distribution is not None:
             found += [c for c in registry.components()
                       if c.kind in checked and c.plugin.distribution == cls.distribution and c not in found]
+        found = [c for c in found if f"{c.kind} {c.name}" not in cls.exclude]
         if not found:
             raise pytest.UsageError(f"{cls.__name__} selects no components: set components = ['<kind> <name>'] "
                                     f"or distribution = '<distribution>' (registered: "
