@@ -4,9 +4,7 @@ sampler step that evaluates the field at a stale point."""
 
 from __future__ import annotations
 
-import textwrap
-
-from test_pytest_plugin import OPT_IN, pytest_in
+from test_pytest_plugin import run_checks_of
 
 SIGN_FLIPPED = """
     import attrs
@@ -41,24 +39,9 @@ SIGN_FLIPPED = """
     def register_objectives(register):
         register("sign_flipped", {"*": SignFlipped}, options=Options)
 """
-TESTS = """
-    from toolkit.testing import ComponentChecks
-
-
-    class TestSignFlipped(ComponentChecks):
-        components = ["objective sign_flipped"]
-"""
-
-
 def test_a_sign_error_in_every_backend_passes_parity_and_fails_the_exactness_check(install_plugin, tmp_path):
-    site = install_plugin("toolkit-sign-flipped", "sign_flipped", SIGN_FLIPPED)
-    tests = tmp_path / "plugin_tests"
-    tests.mkdir()
-    (tests / "test_sign_flipped.py").write_text(textwrap.dedent(TESTS))
-    (tests / "conftest.py").write_text(OPT_IN)
-    result = pytest_in(tmp_path, {"PYTHONPATH": str(site)}, tests)
-    failed = sorted(line.split("::")[-1].split(" ")[0] for line in result.stdout.splitlines()
-                    if line.startswith("FAILED"))
+    result, failed = run_checks_of(install_plugin, tmp_path, "toolkit-sign-flipped", SIGN_FLIPPED,
+                                   ["objective sign_flipped"])
     assert failed == ["test_objective_target_is_the_exact_field[objective-sign_flipped-1-jax]",
                       "test_objective_target_is_the_exact_field[objective-sign_flipped-1-torch]"], result.stdout
     assert "prediction and target differ for the exact field" in result.stdout
@@ -96,15 +79,7 @@ WRONG_STEP = """
 
 
 def test_a_wrong_sampler_step_passes_the_constant_field_and_fails_the_exact_field(install_plugin, tmp_path):
-    site = install_plugin("toolkit-stale-step", "stale_step", WRONG_STEP)
-    tests = tmp_path / "plugin_tests"
-    tests.mkdir()
-    (tests / "test_stale_step.py").write_text(textwrap.dedent(TESTS.replace("objective sign_flipped",
-                                                                            "sampler stale_step")))
-    (tests / "conftest.py").write_text(OPT_IN)
-    result = pytest_in(tmp_path, {"PYTHONPATH": str(site)}, tests)
-    failed = sorted(line.split("::")[-1].split(" ")[0] for line in result.stdout.splitlines()
-                    if line.startswith("FAILED"))
+    result, failed = run_checks_of(install_plugin, tmp_path, "toolkit-stale-step", WRONG_STEP, ["sampler stale_step"])
     assert failed == ["test_sampler_follows_the_exact_field[sampler-stale_step-1-jax]",
                       "test_sampler_follows_the_exact_field[sampler-stale_step-1-torch]"], result.stdout
     assert "the exact average field does not carry the noise to m + s e" in result.stdout

@@ -4,9 +4,7 @@ labels outside the spec (each a plugin written as a third party would)."""
 
 from __future__ import annotations
 
-import textwrap
-
-from test_pytest_plugin import OPT_IN, pytest_in
+from test_pytest_plugin import run_checks_of
 from toolkit.testing import ComponentChecks
 
 
@@ -61,24 +59,9 @@ FAULTY = """
         for cls in (Faulty, Leaky, Drifting, OutOfRange):
             register(cls.__name__.lower(), {"*": cls})
 """
-TESTS = """
-    from toolkit.testing import ComponentChecks
-
-
-    class TestFaulty(ComponentChecks):
-        components = ["dataset faulty", "dataset leaky", "dataset drifting", "dataset outofrange"]
-"""
-
-
 def test_the_dataset_checks_catch_a_leak_a_drift_and_bad_labels(install_plugin, tmp_path):
-    site = install_plugin("toolkit-faulty", "faulty", FAULTY)
-    tests = tmp_path / "plugin_tests"
-    tests.mkdir()
-    (tests / "test_faulty.py").write_text(textwrap.dedent(TESTS))
-    (tests / "conftest.py").write_text(OPT_IN)
-    result = pytest_in(tmp_path, {"PYTHONPATH": str(site)}, tests)
-    failed = sorted(line.split("::")[-1].split(" ")[0] for line in result.stdout.splitlines()
-                    if line.startswith("FAILED"))
+    result, failed = run_checks_of(install_plugin, tmp_path, "toolkit-faulty", FAULTY,
+                                   ["dataset faulty", "dataset leaky", "dataset drifting", "dataset outofrange"])
     assert failed == ["test_dataset_batch_i_depends_on_the_seed_and_i_only[dataset-drifting-1]",
                       "test_dataset_batches_follow_the_spec[dataset-outofrange-1]",
                       "test_dataset_held_out_examples_are_not_training_examples[dataset-leaky-1]"], result.stdout

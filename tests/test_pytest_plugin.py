@@ -57,6 +57,22 @@ def run_plugin_tests(install_plugin, tmp_path, jax_implementation: str) -> subpr
     return pytest_in(tmp_path, {"PYTHONPATH": str(site)}, tests)
 
 
+def run_checks_of(install_plugin, tmp_path, distribution: str, source: str, selection: str):
+    """Install ``source`` as the plugin ``distribution`` and run ``ComponentChecks`` with
+    ``components = [selection]`` on it in a subprocess: ``(result, sorted names of the failed
+    tests)``."""
+    site = install_plugin(distribution, distribution.removeprefix("toolkit-").replace("-", "_"), source)
+    tests = tmp_path / "plugin_tests"
+    tests.mkdir()
+    (tests / "test_checks.py").write_text("from toolkit.testing import ComponentChecks\n\n\n"
+                                          f"class TestChecks(ComponentChecks):\n    components = {selection!r}\n")
+    (tests / "conftest.py").write_text(OPT_IN)
+    result = pytest_in(tmp_path, {"PYTHONPATH": str(site)}, tests)
+    failed = sorted(line.split("::")[-1].split(" ")[0] for line in result.stdout.splitlines()
+                    if line.startswith("FAILED"))
+    return result, failed
+
+
 def pytest_in(folder, env=None, *args) -> subprocess.CompletedProcess:
     """pytest in a subprocess from ``folder``, its own temporary folders inside ``folder``."""
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
