@@ -192,14 +192,21 @@ def _example_configs(component) -> list[dict]:
             for example in component.examples or ({},)]
 
 
-def _dataset(case):
-    """The data set of an example config."""
+def _example_config(case):
+    """``(registry, config)`` of a component's example run."""
     from toolkit.config import config_from_dict
     from toolkit.registry import get_registry
 
     component, number, data = case
     registry = get_registry()
-    config = config_from_dict(data, f"example {number} of dataset {component.name}", registry=registry)
+    return registry, config_from_dict(data, f"example {number} of {component.kind} {component.name}",
+                                      registry=registry)
+
+
+def _dataset(case):
+    """The data set of an example config."""
+    registry, config = _example_config(case)
+    component = case[0]
     return registry.load("dataset", component.name, registry.backends_of(component)[0])(config.data.options)
 
 
@@ -443,13 +450,10 @@ class ComponentChecks:
         target equals its prediction by the exact field on every row, and a loss is 0. A sign
         or tangent error written alike in every backend, which parity cannot see, breaks it
         (the flow is curved, so the field changes along it)."""
-        from toolkit.config import config_from_dict
         from toolkit.ops import backend_ops
-        from toolkit.registry import get_registry
 
-        component, number, data = component_case
-        registry = get_registry()
-        config = config_from_dict(data, f"example {number} of objective {component.name}", registry=registry)
+        component = component_case[0]
+        registry, config = _example_config(component_case)
         spec = config.network_spec(registry.load("dataset", config.data.name, backend)(config.data.options).spec)
         objective = registry.load("objective", component.name, backend)(config.objective.options, spec,
                                                                          backend_ops(backend))
@@ -477,13 +481,8 @@ class ComponentChecks:
 
     @for_kinds("sampler")
     def test_sampler_is_exact_on_a_constant_field(self, component_case, backend):
-        from toolkit.config import config_from_dict
-        from toolkit.registry import get_registry
-
-        component, number, data = component_case
-        registry = get_registry()
-        config = config_from_dict(data, f"example {number} of sampler {component.name}", registry=registry)
-        sampler = registry.load("sampler", component.name, backend)(config.sampler.options)
+        registry, config = _example_config(component_case)
+        sampler = registry.load("sampler", component_case[0].name, backend)(config.sampler.options)
         rng = np.random.default_rng(0)
         noise, velocity = rng.standard_normal((5, 3)), rng.standard_normal(3)
         calls = []
@@ -507,15 +506,10 @@ class ComponentChecks:
         exactly to its image under the flow, ``m + s e``, at any number of steps (a step that
         evaluates the field at a stale point or moves by another gap does not). An ODE sampler
         (calls with r = t) must start at t = 1 and stay in [0, 1]."""
-        from toolkit.config import config_from_dict
-        from toolkit.registry import get_registry
-
-        component, number, data = component_case
-        registry = get_registry()
-        config = config_from_dict(data, f"example {number} of sampler {component.name}", registry=registry)
-        sampler = registry.load("sampler", component.name, backend)(config.sampler.options)
+        registry, config = _example_config(component_case)
+        sampler = registry.load("sampler", component_case[0].name, backend)(config.sampler.options)
         m, s, noise = 1.5, 0.5, np.random.default_rng(0).standard_normal((5, 3))
-        field, calls = _gaussian_field("torch-batch" if backend != "jax" else "jax-batch", m, s), []
+        field, calls = _gaussian_field(backend, m, s), []
         with float64(backend):
             def recorded(z, t, r, y, conditions=None):
                 calls.append((float(t), float(r)))
@@ -535,13 +529,10 @@ class ComponentChecks:
 
     @for_kinds("schedule")
     def test_schedule_keeps_the_draws_well_formed(self, component_case):
-        from toolkit.config import config_from_dict
-        from toolkit.registry import get_registry
         from toolkit.train import CALIBRATION_DRAWS
 
-        component, number, data = component_case
-        registry = get_registry()
-        config = config_from_dict(data, f"example {number} of schedule {component.name}", registry=registry)
+        component = component_case[0]
+        registry, config = _example_config(component_case)
         spec = registry.load("dataset", config.data.name, registry.backend_names()[0])(config.data.options).spec
         draw = config.objective.options.draw
         schedule = registry.load("schedule", component.name, registry.backend_names()[0])(config.schedule.options)
@@ -575,17 +566,17 @@ def _single_example(component, data):
 def _gaussian_field(backend: str, m: float, s: float):
     """The exact average velocity of data N(m, s^2 I) on the linear path
     (:func:`toolkit.plugins.toy2d.exact_average_velocity`) as a network of ``backend`` that
-    ignores labels, conditions and dropout seeds: batched for torch, one example for JAX, and
-    for ``torch-batch`` / ``jax-batch`` a batch with times already broadcast against it."""
+    ignores labels, conditions and dropout seeds: on a batch with times of shape (B,) (torch)
+    or broadcastable against it, or on one example with scalar times (JAX's vmap)."""
     from toolkit.plugins.toy2d import exact_average_velocity
 
-    if backend.startswith("jax"):
+    if backend == "jax":
         import jax.numpy as xp
     else:
         import torch as xp
 
     def field(z, t, r, y=None, conditions=None, **seeds):
-        if backend == "torch":
+        if t.ndim == 1 and z.ndim > 1:  # one time per example of a batch
             t, r = (a.reshape(-1, *([1] * (z.ndim - 1))) for a in (t, r))
         return exact_average_velocity(z, t, r, m, s, xp)
 
